@@ -1,0 +1,277 @@
+"""The run config: one YAML file → strict, typed dataclasses.
+
+Every section is a dataclass; unknown keys, wrong types and missing required fields fail before any
+work starts, with a message that names the file and the dotted key. `--set a.b=value` overrides are
+applied to the raw YAML tree before validation, so they are checked exactly like the file.
+
+The resolved `Config` is what travels into Ray workers (it pickles); models never see it, they get
+plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names file and key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class RunConfig:
+    name: str
+    uri: str  # where every artifact of the run lives: a local path, file://… or s3://bucket/prefix
+    seed: int = 2024
+
+
+@dataclass
+class StorageConfig:
+    """S3 connection settings; each falls back to the standard AWS environment variables when null."""
+
+    endpoint_url: Optional[str] = None  # AWS_ENDPOINT_URL
+    region: Optional[str] = None  # AWS_DEFAULT_REGION
+    access_key_id: Optional[str] = None  # AWS_ACCESS_KEY_ID
+    secret_access_key: Optional[str] = None  # AWS_SECRET_ACCESS_KEY
+    max_attempts: int = 5  # retries of transient errors, with exponential backoff
+    connect_timeout_s: float = 5.0
+
+
+@dataclass
+class DataConfig:
+    source: Literal["mmrec", "movielens", "synthetic"]
+    uri: str  # where `prepare` writes the shards and manifest.json
+    path: Optional[str] = None  # the raw input: an MMRec directory for `mmrec`
+    shard_items: int = 1000  # items per item shard
+    shard_users: int = 5000  # users per interaction shard
+    image_size: int = 256  # stored images are resized to this short side
+    jpeg_quality: int = 90
+    split_seed: int = 2024  # seeds the per-user split where the source has none (movielens, synthetic)
+    rating_threshold: Optional[float] = None  # movielens: keep ratings >= this; null keeps all
+    # synthetic source only
+    synthetic_users: int = 200
+    synthetic_items: int = 120
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "bundled"  # bundled | clip | tiny-clip
+    model: Optional[str] = None  # hub name or local path for `clip`
+    image_size: int = 224
+    max_text_len: int = 64
+
+
+@dataclass
+class RecommenderConfig:
+    name: str = "vbpr"  # see `ptmrec.recommenders.available_recommenders()`
+    embedding_dim: int = 64
+    feat_embed_dim: int = 64
+    n_layers: int = 2
+    reg_weight: float = 1e-4
+    knn_k: int = 10
+    mm_image_weight: float = 0.1
+    dropout: float = 0.8
+
+
+@dataclass
+class Stage1Config:
+    epochs: int = 1000
+    patience: int = 20
+    batch_size: int = 2048  # BPR triples per optimizer step, over all workers
+    lr: float = 0.001
+    eval_every: int = 1
+    num_workers: int = 2
+    zero_stage: int = 0
+
+
+@dataclass
+class AdapterConfig:
+    name: str = "prompt"  # prompt | lora | ia3 | full | none
+    prompt_length: int = 4
+    prompt_depth: Optional[int] = None  # layers that receive prompts; null = all
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Optional[list[str]] = None
+
+
+@dataclass
+class KTConfig:
+    weight: float = 1.0  # λ in BPR + λ·KT
+    temperature: float = 1.0  # τ
+    variant: Literal["user_item", "item_item"] = "user_item"
+
+
+@dataclass
+class Stage2Config:
+    mode: Literal["ptmrec", "no_kt", "joint", "full_finetune"] = "ptmrec"
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    kt: KTConfig = field(default_factory=KTConfig)
+    epochs: int = 5
+    patience: int = 3
+    items_per_step: int = 64
+    lr: float = 1e-3
+    recommender_lr: float = 1e-4
+    num_workers: int = 2
+    zero_stage: int = 2
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    metric: str = "recall@20"  # selection metric, always on the valid split
+    batch_users: int = 4096
+
+
+@dataclass
+class Config:
+    run: RunConfig
+    data: DataConfig
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source_file: Optional[str] = field(default=None, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (for logging and for W&B), without internal fields."""
+        out = dataclasses.asdict(self)
+        out.pop("source_file", None)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML run config, apply `a.b=value` overrides, validate, and return the `Config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item, where=str(path))
+    cfg = from_dict(Config, raw, where=str(path))
+    cfg.source_file = str(path)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
+    """Validate an already-parsed config tree (e.g. the one a job received from the driver)."""
+    return from_dict(Config, raw, where=where)
+
+
+def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
+    """Set `a.b.c=value` in the raw tree; the value is parsed as YAML (so `1e-3`, `[10, 20]`, `null` work)."""
+    if "=" not in item:
+        raise ConfigError(f"{where}: override {item!r} must look like section.key=value")
+    dotted, value_text = item.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"{where}: override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: override {item!r}: value is not valid YAML: {exc}") from None
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: override {item!r}: {'.'.join(keys[:depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys and checking every field's type."""
+    label = prefix or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {label}: expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _convert(hints[name], raw[name], where, key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, where, key)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, where, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key}: expected one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}: expected a list, got {_describe(value)}")
+        return [_convert(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        # YAML reads `1e-3` as a string (it wants `1.0e-3`); accept both, and ints.
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected a number, got {_describe(value)}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {key}: expected a number, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_describe(value)}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # a bug in this file
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,101 @@
+"""A real S3-compatible server on 127.0.0.1 for the demo and the tests (moto's standalone server).
+
+It runs as its own process, so clients talk to it over HTTP exactly as they would to S3 or MinIO; it is
+stopped by its own process id. Its objects live in that process's memory: they go when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Optional
+
+# moto accepts any key pair unless IAM auth is switched on; these are the ones the demo and tests use.
+ACCESS_KEY_ID = "ptmrec-local"
+SECRET_ACCESS_KEY = "ptmrec-local-secret"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3Server:
+    """Start with `start()` (or `with LocalS3Server() as s3:`); `endpoint_url` and `env()` say how to reach it.
+
+    `auth=True` switches on moto's IAM checks after `free_actions` unauthenticated calls, so a test can
+    create real credentials first and then see wrong ones refused.
+    """
+
+    def __init__(self, port: Optional[int] = None, auth: bool = False, free_actions: int = 0):
+        self.port = port or free_port()
+        self.auth = auth
+        self.free_actions = free_actions
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3 (and so `Storage`) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self, timeout_s: float = 30.0) -> "LocalS3Server":
+        env = dict(os.environ)
+        if self.auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.free_actions)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal should reach us, not kill it mid-request
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"local S3 server exited at start with status {self.process.returncode} "
+                                   f"(port {self.port})")
+            try:
+                urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"local S3 server did not answer on {self.endpoint_url} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "LocalS3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def is_local_endpoint(url: Optional[str]) -> bool:
+    return bool(url) and ("//127.0.0.1" in url or "//localhost" in url)

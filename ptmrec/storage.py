@@ -1,0 +1,293 @@
+"""One set of calls for local paths, `file://` URIs and `s3://` URIs.
+
+Jobs hand over artifacts only through URIs, so every reader and writer in PTMRec goes through here.
+
+- Writes are atomic: a local file is written to a temporary name in the same folder and renamed; an S3
+  object only becomes visible when its PUT (or multipart upload) completes. A reader never sees half an
+  artifact under its final name.
+- S3 goes through boto3 with the endpoint and credentials from the config's `storage` section, falling
+  back to the standard AWS environment variables. The client is created lazily, once per process: boto3
+  clients must not cross a fork (Ray and DataLoader workers fork), so a `Storage` that arrives in another
+  process (pickled or forked) makes its own.
+- Transient S3 errors are retried with exponential backoff (botocore's "standard" retry mode, plus our own
+  retry around streaming body reads, which botocore does not retry). A missing bucket, wrong credentials
+  or an unreachable endpoint raise `StorageError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+from ptmrec.config import StorageConfig
+
+T = TypeVar("T")
+
+
+class StorageError(RuntimeError):
+    """An artifact could not be read or written; the message names the URI and the cause."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: `scheme` is "file" (local path in `path`) or "s3" (`bucket` and `key`)."""
+
+    scheme: str
+    path: str = ""
+    bucket: str = ""
+    key: str = ""
+
+
+def parse_uri(uri: str) -> Location:
+    """Local paths and `file://` URIs become absolute paths; `s3://bucket/key` splits into bucket and key."""
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://"):]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise StorageError(f"{uri}: an s3:// URI needs a bucket name (s3://bucket/prefix)")
+        return Location("s3", bucket=bucket, key=key.strip("/"))
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        raise StorageError(f"{uri}: unsupported URI scheme; use a local path, file://… or s3://…")
+    return Location("file", path=os.path.abspath(os.path.expanduser(uri)))
+
+
+def join(base: str, *parts: str) -> str:
+    """Append path parts to a URI or path, with exactly one slash between them."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def absolute_uri(uri: str) -> str:
+    """Make a relative local path absolute (as `file://…`), so it means the same in another working dir."""
+    loc = parse_uri(uri)
+    return uri if loc.scheme == "s3" else f"file://{loc.path}"
+
+
+class Storage:
+    """Reads and writes artifacts by URI. Cheap to build and to pickle; see the module docstring."""
+
+    def __init__(self, options: Optional[StorageConfig] = None):
+        self.options = options or StorageConfig()
+        self._client = None
+        self._client_pid: Optional[int] = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_client_pid"] = None
+        return state
+
+    # ---------------------------------------------------------------------------------------- reads
+
+    def read_bytes(self, uri: str) -> bytes:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            try:
+                return Path(loc.path).read_bytes()
+            except FileNotFoundError:
+                raise StorageError(f"{uri}: not found") from None
+        return self._retry(lambda: self._get_object(loc, uri).read(), uri, "read")
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def exists(self, uri: str) -> bool:
+        return self.size(uri) is not None
+
+    def size(self, uri: str) -> Optional[int]:
+        """The object's size in bytes, or None when there is none."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            p = Path(loc.path)
+            return p.stat().st_size if p.is_file() else None
+        head = self._call(uri, lambda c: c.head_object(Bucket=loc.bucket, Key=loc.key), missing_ok=True)
+        if head is None:
+            # A 404 on HEAD is also what a missing bucket looks like: tell the two apart.
+            self._call(uri, lambda c: c.head_bucket(Bucket=loc.bucket))
+            return None
+        return int(head["ContentLength"])
+
+    def list(self, uri: str) -> list[str]:
+        """Names of the objects directly below `uri` (like `ls`), sorted; [] when there are none."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            p = Path(loc.path)
+            if not p.is_dir():
+                return []
+            return sorted(c.name for c in p.iterdir() if c.is_file() and not _is_temp_name(c.name))
+        prefix = f"{loc.key}/" if loc.key else ""
+        names: list[str] = []
+        token = None
+        while True:
+            kwargs = dict(Bucket=loc.bucket, Prefix=prefix, Delimiter="/")
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call(uri, lambda c: c.list_objects_v2(**kwargs))
+            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = page["NextContinuationToken"]
+
+    def download(self, uri: str, local_path: str | Path) -> None:
+        """Copy an object to a local file, atomically."""
+        with _atomic_local(Path(local_path)) as tmp:
+            Path(tmp).write_bytes(self.read_bytes(uri))
+
+    # --------------------------------------------------------------------------------------- writes
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write `data` to `uri` atomically: readers see the old object or the whole new one."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            with _atomic_local(Path(loc.path)) as tmp:
+                Path(tmp).write_bytes(data)
+            return
+        self._call(uri, lambda c: c.put_object(Bucket=loc.bucket, Key=loc.key, Body=data))
+
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))
+
+    def upload(self, local_path: str | Path, uri: str) -> None:
+        """Copy a local file to `uri` atomically (multipart for large files on S3, which is atomic too)."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            with _atomic_local(Path(loc.path)) as tmp:
+                shutil.copyfile(local_path, tmp)
+            return
+        self._call(uri, lambda c: c.upload_file(str(local_path), loc.bucket, loc.key))
+
+    def delete(self, uri: str) -> None:
+        """Remove an object; removing one that is not there is not an error."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            Path(loc.path).unlink(missing_ok=True)
+            return
+        self._call(uri, lambda c: c.delete_object(Bucket=loc.bucket, Key=loc.key))
+
+    def ensure_bucket(self, uri: str) -> None:
+        """Create the bucket of an s3:// URI if it does not exist (local servers for demos and tests)."""
+        loc = parse_uri(uri)
+        if loc.scheme != "s3":
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call(uri, lambda c: c.head_bucket(Bucket=loc.bucket))
+        except (ClientError, StorageError):
+            self._call(uri, lambda c: c.create_bucket(Bucket=loc.bucket))
+
+    # ------------------------------------------------------------------------------------ S3 plumbing
+
+    def client(self):
+        """This process's boto3 S3 client, created on first use (and again after a fork)."""
+        if self._client is None or self._client_pid != os.getpid():
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            o = self.options
+            session = boto3.session.Session()
+            self._client = session.client(
+                "s3",
+                endpoint_url=o.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                region_name=o.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+                aws_access_key_id=o.access_key_id,
+                aws_secret_access_key=o.secret_access_key,
+                config=BotoConfig(
+                    retries={"max_attempts": o.max_attempts, "mode": "standard"},
+                    connect_timeout=o.connect_timeout_s,
+                    read_timeout=60,
+                    # Path-style addressing works with every S3-compatible server, virtual hosts do not.
+                    s3={"addressing_style": "path"},
+                ),
+            )
+            self._client_pid = os.getpid()
+        return self._client
+
+    def _get_object(self, loc: Location, uri: str):
+        return self._call(uri, lambda c: c.get_object(Bucket=loc.bucket, Key=loc.key))["Body"]
+
+    def _call(self, uri: str, fn: Callable, missing_ok: bool = False):
+        """Run one S3 call; botocore retries transient failures, we translate what remains.
+
+        With `missing_ok`, a 404 returns None instead of raising.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(self.client())
+        except ClientError as exc:
+            if missing_ok and _error_code(exc) in ("404", "NotFound", "NoSuchKey"):
+                return None
+            raise self._explain(exc, uri) from None
+        except NoCredentialsError:
+            raise StorageError(f"{uri}: no S3 credentials: set storage.access_key_id/secret_access_key "
+                               "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{uri}: cannot reach the S3 endpoint {self.client().meta.endpoint_url}: {exc}") from None
+
+    def _retry(self, fn: Callable[[], T], uri: str, what: str) -> T:
+        """Retry a streaming read that broke off mid-body (botocore retries only the request itself)."""
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+        attempts = max(1, self.options.max_attempts)
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except (IncompleteReadError, ResponseStreamingError, BotoConnectionError, ConnectionError) as exc:
+                if attempt == attempts - 1:
+                    raise StorageError(f"{uri}: {what} failed after {attempts} attempts: {exc}") from None
+                time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _explain(self, exc, uri: str) -> StorageError:
+        code = _error_code(exc)
+        endpoint = self.client().meta.endpoint_url
+        if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and "HeadBucket" in str(exc)):
+            return StorageError(f"{uri}: bucket does not exist at {endpoint}")
+        if code == "NoSuchKey":
+            return StorageError(f"{uri}: not found")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
+            return StorageError(f"{uri}: access denied by {endpoint} ({code}): check the S3 credentials")
+        return StorageError(f"{uri}: S3 error {code} from {endpoint}: {exc}")
+
+
+def _error_code(exc) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+_TEMP_MARK = ".tmp-"
+
+
+def _is_temp_name(name: str) -> bool:
+    return _TEMP_MARK in name
+
+
+class _atomic_local:
+    """Context manager yielding a temp path next to `target`; renamed onto `target` only on success."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> str:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}{_TEMP_MARK}", dir=self.target.parent)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            Path(self.tmp).unlink(missing_ok=True)
+        return False

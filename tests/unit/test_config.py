@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+
+from ptmrec.config import Config, ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.run.name and cfg.data.uri
+
+
+def test_shipped_configs_include_the_agreed_ones():
+    names = {p.name for p in CONFIGS}
+    assert {"demo-ml100k.yaml", "amazon-baby.yaml", "amazon-clothing.yaml", "smoke.yaml"} <= names
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "run: {name: x, uri: /tmp/x}\ndata: {source: synthetic, uri: /tmp/d}\n"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, BASE + "recommender: {name: bpr, embeding_dim: 3}\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown key 'recommender\.embeding_dim'"):
+        load_config(p)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'trainer'"):
+        load_config(write(tmp_path, BASE + "trainer: {}\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"stage1\.epochs: expected an integer, got str 'many'"):
+        load_config(write(tmp_path, BASE + "stage1: {epochs: many}\n"))
+
+
+def test_bool_is_not_an_int(tmp_path):
+    with pytest.raises(ConfigError, match=r"stage1\.epochs: expected an integer"):
+        load_config(write(tmp_path, BASE + "stage1: {epochs: true}\n"))
+
+
+def test_missing_required_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.yaml: missing required key 'data\.uri'"):
+        load_config(write(tmp_path, "run: {name: x, uri: /tmp/x}\ndata: {source: synthetic}\n"))
+
+
+def test_literal_choices_are_listed(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.source: expected one of mmrec, movielens, synthetic"):
+        load_config(write(tmp_path, "run: {name: x, uri: /tmp/x}\ndata: {source: csv, uri: /d}\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    p = write(tmp_path, BASE)
+    cfg = load_config(p, ["recommender.name=lightgcn", "stage1.lr=1e-3", "eval.ks=[5, 10]",
+                          "stage2.adapter.target_modules=[q_proj, v_proj]", "data.path=null"])
+    assert cfg.recommender.name == "lightgcn"
+    assert cfg.stage1.lr == pytest.approx(1e-3)
+    assert cfg.eval.ks == [5, 10]
+    assert cfg.stage2.adapter.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match=r"unknown key 'stage1\.learning_rate'"):
+        load_config(p, ["stage1.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(p, ["stage1.lr"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "run: {name: [\n"))
+
+
+def test_config_round_trips_through_pickle(tmp_path):
+    import pickle
+
+    cfg = load_config(write(tmp_path, BASE))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg

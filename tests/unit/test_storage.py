@@ -1,0 +1,64 @@
+import os
+
+import pytest
+
+from ptmrec.storage import Storage, StorageError, absolute_uri, join, parse_uri
+
+
+def test_parse_uri():
+    assert parse_uri("s3://bucket/a/b/").key == "a/b"
+    assert parse_uri("s3://bucket").bucket == "bucket"
+    assert parse_uri("file:///tmp/x").path == "/tmp/x"
+    assert parse_uri("rel/x").path == os.path.abspath("rel/x")
+    with pytest.raises(StorageError, match="needs a bucket"):
+        parse_uri("s3:///key")
+    with pytest.raises(StorageError, match="unsupported URI scheme"):
+        parse_uri("gs://b/k")
+
+
+def test_join_and_absolute():
+    assert join("s3://b/p/", "/items/", "x.tar") == "s3://b/p/items/x.tar"
+    assert absolute_uri("file://./runs/x") == f"file://{os.path.abspath('runs/x')}"
+    assert absolute_uri("s3://b/p") == "s3://b/p"
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_local_round_trip(tmp_path, scheme):
+    st = Storage()
+    base = f"{scheme}{tmp_path}"
+    st.write_bytes(join(base, "a/b.bin"), b"123")
+    assert st.read_bytes(join(base, "a/b.bin")) == b"123"
+    assert st.size(join(base, "a/b.bin")) == 3
+    assert st.list(join(base, "a")) == ["b.bin"]
+    assert not st.exists(join(base, "a/none"))
+    with pytest.raises(StorageError, match="not found"):
+        st.read_bytes(join(base, "a/none"))
+    st.delete(join(base, "a/b.bin"))
+    st.delete(join(base, "a/b.bin"))  # deleting twice is fine
+    assert st.list(join(base, "a")) == []
+
+
+def test_local_write_is_atomic_on_failure(tmp_path):
+    """A writer that dies mid-write leaves the old file whole and no temp file behind."""
+    st = Storage()
+    target = tmp_path / "artifact.json"
+    st.write_text(str(target), "old")
+
+    class Boom(Exception):
+        pass
+
+    from ptmrec import storage as storage_mod
+
+    with pytest.raises(Boom):
+        with storage_mod._atomic_local(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half of the new")
+            raise Boom()
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact.json"]
+
+
+def test_listing_hides_temp_files(tmp_path):
+    (tmp_path / ".x.json.tmp-123").write_text("partial")
+    (tmp_path / "done.json").write_text("{}")
+    assert Storage().list(str(tmp_path)) == ["done.json"]
