@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from webdataset.tariterators import group_by_keys
 
-from ptmrec.data.images import ImageTransform
 from ptmrec.data.shards import load_manifest, shard_urls
 from ptmrec.storage import Storage, join
 
@@ -102,7 +102,21 @@ class ItemBatch:
     image: Optional[torch.Tensor]  # float [B, 3, H, W] or None when it has no images
 
 
-def decode_item(transform: Optional[ImageTransform]) -> Callable[[dict], dict]:
+# An encoder's image preprocessing: PIL images → Tensor[B, 3, S, S] (`TwoTowerEncoder.image_transform`).
+ImageBatchTransform = Callable[[list[Image.Image]], torch.Tensor]
+
+
+def decode_jpeg(data: bytes, size_hint: Optional[int] = None) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        if size_hint:
+            im.draft("RGB", (size_hint, size_hint))  # JPEG: decode at a reduced scale when it can
+        return im.convert("RGB")
+
+
+def decode_item(transform: Optional[ImageBatchTransform]) -> Callable[[dict], dict]:
+    """Stage: raw sample → {"item", "text"?, "image"? (PIL, only when a transform will use it)}."""
+    size_hint = getattr(transform, "size", None)
+
     def decode(sample: dict) -> dict:
         url = sample.get("__url__", "?")
         try:
@@ -115,7 +129,7 @@ def decode_item(transform: Optional[ImageTransform]) -> Callable[[dict], dict]:
             out["text"] = sample["txt"].decode("utf-8")
         if "jpg" in sample and transform is not None:
             try:
-                out["image"] = transform(sample["jpg"])
+                out["image"] = decode_jpeg(sample["jpg"], size_hint)
             except OSError as exc:
                 raise ShardError(f"{url}: sample {sample['__key__']!r}: .jpg is not a readable image ({exc})") from None
         return out
@@ -123,16 +137,19 @@ def decode_item(transform: Optional[ImageTransform]) -> Callable[[dict], dict]:
     return decode
 
 
-def collate_items(samples: list[dict]) -> ItemBatch:
-    return ItemBatch(
-        item=torch.tensor([s["item"] for s in samples], dtype=torch.long),
-        text=[s["text"] for s in samples] if "text" in samples[0] else None,
-        image=torch.stack([s["image"] for s in samples]) if "image" in samples[0] else None,
-    )
+def collate_items(transform: Optional[ImageBatchTransform]) -> Callable[[list[dict]], ItemBatch]:
+    def collate(samples: list[dict]) -> ItemBatch:
+        return ItemBatch(
+            item=torch.tensor([s["item"] for s in samples], dtype=torch.long),
+            text=[s["text"] for s in samples] if "text" in samples[0] else None,
+            image=transform([s["image"] for s in samples]) if "image" in samples[0] else None,
+        )
+
+    return collate
 
 
 def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                  transform: Optional[ImageTransform] = None, shuffle_buffer: int = 0, seed: int = 0,
+                  transform: Optional[ImageBatchTransform] = None, shuffle_buffer: int = 0, seed: int = 0,
                   resample: bool = False, batches_per_epoch: Optional[int] = None,
                   expected_sha256: Optional[dict[str, str]] = None, partial: bool = True) -> wds.DataPipeline:
     """A WebDataset pipeline yielding `ItemBatch`es; see the module docstring for the two modes.
@@ -148,7 +165,7 @@ def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: i
     if shuffle_buffer:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank))
     stages += [wds.map(decode_item(transform)),
-               wds.batched(batch_size, collation_fn=collate_items, partial=partial and not resample)]
+               wds.batched(batch_size, collation_fn=collate_items(transform), partial=partial and not resample)]
     pipeline = wds.DataPipeline(*stages)
     if resample:
         if not batches_per_epoch:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ptmrec.config import DataConfig
-from ptmrec.data.images import ImageTransform
+from ptmrec.encoders.images import ImageTransform
 from ptmrec.data.shards import ManifestError, write_shards
 from ptmrec.data.sources.synthetic import make_synthetic
 from ptmrec.data.stream import (ShardError, item_pipeline, items_from_manifest, make_loader,
