@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "shards plus manifest.json to data.uri. Shards already correct are not rewritten.")
     _add_config_args(p)
 
+    p = sub.add_parser("stage1", help="recommendation stage: frozen features + base recommender (Ray Train + DeepSpeed)",
+                       description="Extract frozen item features (reused when the encoder settings match), then "
+                       "train the base recommender on stage1.num_workers Ray Train workers with DeepSpeed, "
+                       "early-stopping on the valid split. Writes <run.uri>/stage1/{model.pt,teacher.pt,"
+                       "metrics.json}. A run interrupted after a checkpoint resumes from it when started again.")
+    _add_config_args(p)
+
     p = sub.add_parser("check-config", help="validate a config and print it resolved",
                        description="Load a config with its overrides, validate every key, print it as JSON.")
     _add_config_args(p)
@@ -80,6 +87,25 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_stage1(args) -> int:
+    from ptmrec.stages.recommendation import run_recommendation_stage
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = run_recommendation_stage(cfg, progress=not args.quiet)
+    print(format_metrics(metrics, cfg.eval.ks))
+    return 0
+
+
+def format_metrics(metrics: dict, ks: list[int]) -> str:
+    """A stage's metrics.json as a small table."""
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+    lines = [f"{metrics['stage']}: {metrics['model']} on {metrics['dataset']} (best epoch {metrics['best_epoch']}, "
+             f"{metrics['wall_s']:.0f} s)", f"{'split':<8}" + "".join(f"{c:>12}" for c in cols)]
+    for split in ("valid", "test"):
+        lines.append(f"{split:<8}" + "".join(f"{metrics[split].get(c, float('nan')):>12.4f}" for c in cols))
+    return "\n".join(lines)
+
+
 def cmd_check_config(args) -> int:
     cfg = load_config(args.config, args.overrides)
     print(json.dumps(cfg.to_dict(), indent=2))
@@ -108,7 +134,7 @@ def cmd_s3_server(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
+COMMANDS = {"prepare": cmd_prepare, "stage1": cmd_stage1, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,6 +33,7 @@ class RunConfig:
     name: str
     uri: str  # where every artifact of the run lives: a local path, file://… or s3://bucket/prefix
     seed: int = 2024
+    ds_config: str = "ds_config.json"  # DeepSpeed's own settings; batch sizes and lr come from here
 
 
 @dataclass
@@ -73,14 +74,18 @@ class EncoderConfig:
 
 @dataclass
 class RecommenderConfig:
+    """The model and its hyper-parameters. A null field means the model's own (MMRec) default; setting one
+    the chosen model does not take is an error (see `ptmrec.recommenders.hyperparameters`)."""
+
     name: str = "vbpr"  # see `ptmrec.recommenders.available_recommenders()`
     embedding_dim: int = 64
-    feat_embed_dim: int = 64
-    n_layers: int = 2
-    reg_weight: float = 1e-4
-    knn_k: int = 10
-    mm_image_weight: float = 0.1
-    dropout: float = 0.8
+    reg_weight: Optional[float] = None
+    n_layers: Optional[int] = None  # lightgcn
+    knn_k: Optional[int] = None  # freedom: neighbours in the item-item graph
+    mm_image_weight: Optional[float] = None  # freedom: image graph's share when both modalities exist
+    n_mm_layers: Optional[int] = None  # freedom
+    n_ui_layers: Optional[int] = None  # freedom
+    dropout: Optional[float] = None  # freedom: degree-sensitive edge pruning ratio
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Stage1Config:
     lr: float = 0.001
     eval_every: int = 1
     num_workers: int = 2
-    zero_stage: int = 0
+    zero_stage: Literal[0, 1, 2] = 0  # the recommenders are small: ZeRO-3's partitioned weights buy nothing
 
 
 @dataclass
@@ -123,7 +128,18 @@ class Stage2Config:
     lr: float = 1e-3
     recommender_lr: float = 1e-4
     num_workers: int = 2
-    zero_stage: int = 2
+    zero_stage: Literal[0, 1, 2, 3] = 2
+
+
+@dataclass
+class RaySection:
+    """How the stages run on Ray (ray_config.yaml holds the cluster-wide defaults)."""
+
+    address: Optional[str] = None  # null: join RAY_ADDRESS or the job's cluster, else start a local one
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_failures: int = 0  # worker restarts from the latest checkpoint before the job fails
+    checkpoints_to_keep: int = 2
 
 
 @dataclass
@@ -143,6 +159,7 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RaySection = field(default_factory=RaySection)
     source_file: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:

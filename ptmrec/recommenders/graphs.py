@@ -1,0 +1,116 @@
+"""Graph construction for the graph recommenders (LightGCN, FREEDOM).
+
+All graphs are torch sparse COO tensors, built once from the training pairs or the item features and kept
+as non-persistent buffers: they are derived data, so a checkpoint does not carry them and a model rebuilt
+from new features (stage 2 re-extraction) gets graphs that match those features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def unique_pairs(
+    users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (user, item) training pairs, sorted by user then item, as int64 arrays [E]."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.shape != items.shape or users.ndim != 1:
+        raise ValueError(f"train users {users.shape} and items {items.shape} must be 1-d arrays of one length")
+    if len(users) and (users.min() < 0 or users.max() >= num_users):
+        raise ValueError(f"train user ids must lie in [0, {num_users})")
+    if len(items) and (items.min() < 0 or items.max() >= num_items):
+        raise ValueError(f"train item ids must lie in [0, {num_items})")
+    keys = np.unique(users * num_items + items)
+    return keys // num_items, keys % num_items
+
+
+def bipartite_edge_weights(users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
+    """1/sqrt(deg(u)·deg(i)) for every edge of the user-item graph the pairs span.
+
+    Args:
+        users, items: [E] LongTensors, one edge each, no duplicates.
+
+    Returns:
+        [E] float tensor; degrees are counted over these edges only.
+    """
+    user_deg = torch.bincount(users, minlength=num_users).float()
+    item_deg = torch.bincount(items, minlength=num_items).float()
+    return user_deg[users].rsqrt() * item_deg[items].rsqrt()
+
+
+def symmetric_adjacency(
+    users: torch.Tensor, items: torch.Tensor, values: torch.Tensor, num_users: int, num_items: int
+) -> torch.Tensor:
+    """The (U+I) x (U+I) adjacency [[0, R], [Rᵀ, 0]] with R's entries given per edge.
+
+    Users are nodes 0..U-1 and items U..U+I-1, the order LightGCN's propagation concatenates them in.
+    """
+    n = num_users + num_items
+    rows = torch.cat([users, items + num_users])
+    cols = torch.cat([items + num_users, users])
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), torch.cat([values, values]), (n, n), check_invariants=False
+    ).coalesce()
+
+
+def normalized_adjacency(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> torch.Tensor:
+    """LightGCN's D^-1/2 A D^-1/2 over the bipartite user-item graph of the training pairs.
+
+    Returns:
+        Sparse [(U+I), (U+I)] float tensor.
+    """
+    u, i = unique_pairs(users, items, num_users, num_items)
+    u, i = torch.from_numpy(u), torch.from_numpy(i)
+    return symmetric_adjacency(u, i, bipartite_edge_weights(u, i, num_users, num_items), num_users, num_items)
+
+
+def knn_neighbours(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_rows: int = 4096
+) -> torch.Tensor:
+    """Indices of the k keys most cosine-similar to each query (a key equal to the query included).
+
+    Args:
+        queries: [n, d] features.
+        keys: [m, d] features of the catalogue.
+        k: neighbours per query, k <= m.
+        chunk_rows: queries per similarity block, so memory stays at chunk_rows x m floats.
+
+    Returns:
+        [n, k] LongTensor.
+    """
+    # F.normalize's eps keeps an all-zero feature (an item without that modality) finite instead of the
+    # NaN a plain division by its norm gives.
+    keys = F.normalize(keys.float(), dim=-1)
+    queries = F.normalize(queries.float(), dim=-1)
+    out = [torch.topk(q @ keys.T, k, dim=-1).indices for q in queries.split(chunk_rows)]
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long, device=keys.device)
+
+
+def item_knn_graph(neighbours: dict[str, torch.Tensor], weights: dict[str, float], num_items: int) -> torch.Tensor:
+    """FREEDOM's item-item graph: per modality, each item linked to its k nearest items; modalities summed.
+
+    MMRec normalises each modality's directed k-NN graph as D^-1/2 A D^-1/2 with D the row sums; every
+    row holds exactly k ones, so each edge weight is 1/k and a row is the mean over the item's
+    neighbours. The modalities' graphs are then mixed with the given weights.
+
+    Args:
+        neighbours: modality -> [I, k] neighbour indices (from `knn_neighbours`).
+        weights: modality -> mixing weight.
+
+    Returns:
+        Sparse [I, I] float tensor.
+    """
+    indices, values = [], []
+    for name, nbrs in neighbours.items():
+        k = nbrs.shape[1]
+        rows = torch.arange(num_items, device=nbrs.device).repeat_interleave(k)
+        indices.append(torch.stack([rows, nbrs.reshape(-1)]))
+        values.append(torch.full((num_items * k,), weights[name] / k, device=nbrs.device))
+    # coalesce() sums an edge present in several modalities, as MMRec's weighted sum of sparse graphs does.
+    return torch.sparse_coo_tensor(
+        torch.cat(indices, 1), torch.cat(values), (num_items, num_items), check_invariants=False
+    ).coalesce()

@@ -1,0 +1,154 @@
+"""Ray glue: connect to (or start) Ray, run a stage as a `TorchTrainer`, checkpoint through Ray Train.
+
+Checkpoints go to `<run uri>/ray/<run name>-<stage>/`, on local disk or S3 (through pyarrow's S3
+filesystem with the same endpoint and credentials as `Storage`). A trainer started again with the same
+run name resumes from the latest checkpoint there (Ray Train V2's job-level restore), which is how an
+interrupted stage picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from ptmrec.config import Config
+from ptmrec.storage import join, parse_uri
+
+log = logging.getLogger(__name__)
+
+
+def connect(cfg: Config) -> None:
+    """Join the Ray cluster the config or RAY_ADDRESS names, or start a local one (2-core friendly)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Local clusters here run without token auth (Ray 2.60 turns it on for the job server by default).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "TORCH_EXTENSIONS_DIR",
+                                           "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION") if k in os.environ}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env_vars})
+
+
+def ray_storage(cfg: Config) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train's RunConfig, under the run URI."""
+    loc = parse_uri(join(cfg.run.uri, "ray"))
+    if loc.scheme == "file":
+        return loc.path, None
+    import pyarrow.fs
+
+    s = cfg.storage
+    endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {"region": s.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme)
+    key = s.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = s.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret)
+    return f"{loc.bucket}/{loc.key}", pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, num_workers: int,
+                worker_config: dict, identity: Any) -> None:
+    """Run `train_fn` on `num_workers` Ray Train workers (torch.distributed set up: gloo on CPU, NCCL on
+    GPU); raises if training failed after the allowed restarts.
+
+    `identity` is what makes two runs "the same training" (model, data, optimisation; not the epoch
+    budget): its hash is part of the Ray run name, so a run started again with the same identity resumes
+    from its latest checkpoint, and a changed one starts fresh instead of loading mismatched weights.
+    """
+    import hashlib
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_path, filesystem = ray_storage(cfg)
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=worker_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{cfg.run.name}-{stage}-{hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]}",
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"{stage} failed: {result.error}")
+
+
+# -------------------------------------------------------------------------------- worker-side helpers
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def report(metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
+    """Report metrics (and this rank's checkpoint files) to Ray Train; every rank must call it."""
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@contextmanager
+def latest_checkpoint() -> Iterator[Optional[Path]]:
+    """The directory of the checkpoint to resume from, or None on a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield Path(directory)
+
+
+@contextmanager
+def checkpoint_dir() -> Iterator[str]:
+    """A scratch directory for one rank's checkpoint files; removed after Ray has persisted them."""
+    directory = tempfile.mkdtemp(prefix="ptmrec-ckpt-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def finish_distributed() -> None:
+    """End a worker cleanly: collect the engine, then sync, so no gloo thread races interpreter exit
+    ("terminate called without an active exception"). Ray Train destroys the process group itself."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

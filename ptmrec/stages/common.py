@@ -1,0 +1,110 @@
+"""Pieces both stages use: building the recommender from the config, distributed evaluation, artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from ptmrec.config import Config, RecommenderConfig
+from ptmrec.data.stream import Interactions
+from ptmrec.evaluation import csr_from_pairs, evaluate
+from ptmrec.recommenders import Recommender, get_recommender_class
+from ptmrec.storage import Storage, join
+
+METRICS_FILE = "metrics.json"
+
+
+def recommender_kwargs(rc: RecommenderConfig, cls: type) -> dict:
+    """The hyper-parameters to pass: every non-null config field; one the model does not take is an error."""
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    kwargs = {}
+    for f in dataclasses.fields(rc):
+        value = getattr(rc, f.name)
+        if f.name == "name" or value is None:
+            continue
+        if f.name not in accepted:
+            raise ValueError(f"recommender.{f.name} does not apply to {rc.name}; it takes "
+                             f"{', '.join(sorted(accepted - {'self', 'num_users', 'num_items', 'train_interactions', 'features'}))}")
+        kwargs[f.name] = value
+    return kwargs
+
+
+def build_recommender_from_config(cfg: Config, inter: Interactions,
+                                  features: Optional[Mapping[str, torch.Tensor]]) -> Recommender:
+    cls = get_recommender_class(cfg.recommender.name)
+    return cls(inter.num_users, inter.num_items, train_interactions=(inter.train_users, inter.train_items),
+               features=dict(features or {}) if cls.uses_features else None,
+               **recommender_kwargs(cfg.recommender, cls))
+
+
+def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int], batch_users: int,
+                         rank: int, world_size: int) -> dict[str, dict[str, float]]:
+    """Valid and test metrics (MMRec's full ranking), each rank scoring every `world_size`-th user.
+
+    The representations are computed once per evaluation (graph models propagate once, not per batch).
+    Per-rank means are combined weighted by their user counts, so the result equals one-process evaluation.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        user_repr, item_repr = model()
+    mask = csr_from_pairs(inter.train_users, inter.train_items, inter.num_users)
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        return user_repr[users.to(user_repr.device)] @ item_repr.T
+
+    out = {}
+    for split, truth in (("valid", inter.valid), ("test", inter.test)):
+        mine = {u: items for u, items in truth.items() if u % world_size == rank}
+        metrics = evaluate(score, mine, mask, ks=ks, batch_users=batch_users) if mine else \
+            {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "map") for k in ks}
+        names = sorted(metrics)
+        packed = torch.tensor([len(mine)] + [metrics[n] * len(mine) for n in names], dtype=torch.float64)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(packed)
+        total = max(packed[0].item(), 1.0)
+        out[split] = {n: float(v) / total for n, v in zip(names, packed[1:].tolist())}
+    model.train(was_training)
+    return out
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in module.parameters())
+
+
+def save_torch(storage: Storage, uri: str, obj) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def load_torch(storage: Storage, uri: str):
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
+
+
+def write_metrics(storage: Storage, stage_uri: str, metrics: dict) -> None:
+    storage.write_text(join(stage_uri, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+
+
+def read_metrics(storage: Storage, stage_uri: str) -> dict:
+    return json.loads(storage.read_text(join(stage_uri, METRICS_FILE)))
+
+
+def epoch_triples(inter: Interactions, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This epoch's BPR triples in a shuffled order, identical on every rank (seeded by seed and epoch)."""
+    from ptmrec.recommenders.sampling import sample_triples
+
+    rng = np.random.default_rng([seed, epoch])
+    users, pos, neg = sample_triples(inter.train_users, inter.train_items, inter.num_items, rng)
+    order = rng.permutation(len(users))
+    return users[order], pos[order], neg[order]

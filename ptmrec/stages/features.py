@@ -1,0 +1,146 @@
+"""Frozen feature extraction: every item encoded once per modality by the frozen towers, with Ray workers.
+
+Features are written to `<run uri>/features/frozen/<encoder>-<key>/` as `<modality>.npy` (float32
+[num_items, dim]) plus `meta.json`, written last as the commit marker. The key hashes the encoder
+settings and the item shards' sha256, so a second run with the same settings reuses the features and any
+change (another model, image size, text length, data) extracts anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ptmrec.config import Config
+from ptmrec.data.shards import load_manifest
+from ptmrec.storage import Storage, StorageError, join
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+
+
+def feature_dir(cfg: Config, manifest: dict, kind: str = "frozen") -> str:
+    """Where the features of these encoder settings and this data live."""
+    settings = {"encoder": cfg.encoder.name, "model": cfg.encoder.model, "image_size": cfg.encoder.image_size,
+                "max_text_len": cfg.encoder.max_text_len,
+                "items": [e["sha256"] for e in manifest["shards"]["items"]]}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return join(cfg.run.uri, "features", kind, f"{cfg.encoder.name}-{key}")
+
+
+def load_features(storage: Storage, uri: str) -> dict[str, torch.Tensor]:
+    """Read a feature folder: {modality: float32 Tensor[num_items, dim]}; fails if it is incomplete."""
+    try:
+        meta = json.loads(storage.read_text(join(uri, META)))
+    except StorageError:
+        raise FileNotFoundError(f"{uri}: no complete features ({META} missing)") from None
+    out = {}
+    for modality in meta["modalities"]:
+        array = np.load(io.BytesIO(storage.read_bytes(join(uri, f"{modality}.npy"))))
+        if array.shape != (meta["num_items"], meta["dims"][modality]):
+            raise ValueError(f"{uri}/{modality}.npy: shape {array.shape}, meta.json says "
+                             f"{(meta['num_items'], meta['dims'][modality])}")
+        out[modality] = torch.from_numpy(array)
+    return out
+
+
+def save_features(storage: Storage, uri: str, features: dict[str, np.ndarray], extra: dict) -> None:
+    for modality, array in features.items():
+        buf = io.BytesIO()
+        np.save(buf, array.astype(np.float32))
+        storage.write_bytes(join(uri, f"{modality}.npy"), buf.getvalue())
+    meta = {"modalities": sorted(features), "num_items": int(next(iter(features.values())).shape[0]),
+            "dims": {m: int(a.shape[1]) for m, a in features.items()}, **extra}
+    storage.write_text(join(uri, META), json.dumps(meta, indent=2) + "\n")  # last: the commit marker
+
+
+def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, batch_size: int = 64,
+                 progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Encode this rank's share of the item shards: (item ids [n], {modality: [n, dim]})."""
+    from ptmrec.data.stream import items_from_manifest
+    from ptmrec.encoders import build_encoder
+
+    storage = Storage(cfg.storage)
+    manifest = load_manifest(storage, cfg.data.uri)
+    if encoder is None:
+        encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
+                                max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
+    encoder.eval()
+    wants_images = "image" in manifest["modalities"]
+    stream = items_from_manifest(storage, cfg.data.uri, batch_size=batch_size, rank=rank, world_size=world_size,
+                                 transform=encoder.image_transform if wants_images else None)
+    bar = _progress_bar(progress, rank, manifest["num_items"] // world_size)
+    ids, parts = [], {m: [] for m in manifest["modalities"]}
+    with torch.inference_mode():
+        for batch in stream:
+            ids.append(batch.item.numpy())
+            if batch.text is not None:
+                parts["text"].append(encoder.encode_text(**encoder.tokenize(batch.text)).float().numpy())
+            if batch.image is not None:
+                parts["image"].append(encoder.encode_image(batch.image).float().numpy())
+            bar.update(len(batch.item))
+    bar.close()
+    if not ids:
+        return np.zeros(0, dtype=np.int64), {}
+    return np.concatenate(ids), {m: np.concatenate(p) for m, p in parts.items() if p}
+
+
+def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: float = 1.0,
+                            progress: bool = True) -> str:
+    """Make sure the frozen features exist (extracting them with Ray tasks if not); returns their folder."""
+    import ray
+
+    storage = Storage(cfg.storage)
+    manifest = load_manifest(storage, cfg.data.uri)
+    if not manifest["modalities"]:
+        raise ValueError(f"{cfg.data.uri}: the data set has no item text or images, so there is nothing to "
+                         f"extract; use an ID-only recommender (bpr, lightgcn)")
+    out = feature_dir(cfg, manifest)
+    if storage.exists(join(out, META)):
+        log.info("frozen features found at %s: reusing them", out)
+        return out
+
+    start = time.perf_counter()
+    workers = max(1, min(num_workers, len(manifest["shards"]["items"])))
+    task = ray.remote(num_cpus=cpus_per_worker)(encode_items)
+    parts = ray.get([task.remote(cfg, rank, workers, progress=progress) for rank in range(workers)])
+    num_items = manifest["num_items"]
+    features: dict[str, np.ndarray] = {}
+    seen = np.zeros(num_items, dtype=bool)
+    for ids, feats in parts:
+        seen[ids] = True
+        for modality, array in feats.items():
+            features.setdefault(modality, np.zeros((num_items, array.shape[1]), dtype=np.float32))[ids] = array
+    if not seen.all():
+        raise RuntimeError(f"{cfg.data.uri}: {int((~seen).sum())} items were not in any item shard")
+    wall_s = time.perf_counter() - start
+    save_features(storage, out, features, {"encoder": cfg.encoder.name, "model": cfg.encoder.model,
+                                           "wall_s": round(wall_s, 2),
+                                           "items_per_s": round(num_items / wall_s, 1)})
+    log.info("extracted frozen features of %d items (%s) in %.1f s: %.0f items/s with %d workers → %s",
+             num_items, ", ".join(f"{m} {a.shape[1]}-d" for m, a in sorted(features.items())), wall_s,
+             num_items / wall_s, workers, out)
+    return out
+
+
+def _progress_bar(enabled: bool, rank: int, total: Optional[int]):
+    try:
+        import ray
+
+        if enabled and ray.is_initialized():
+            from ray.experimental.tqdm_ray import tqdm
+
+            return tqdm(total=total, desc=f"encode items (rank {rank})", unit="item")
+    except ImportError:  # pragma: no cover
+        pass
+    from tqdm import tqdm as plain
+
+    return plain(total=total, desc=f"encode items (rank {rank})", unit="item", disable=not enabled)

@@ -1,0 +1,225 @@
+"""The recommendation stage (stage 1): a base recommender on frozen item features, trained with BPR.
+
+Driver side (`run_recommendation_stage`): extract the frozen features once (Ray tasks), then run
+`recommendation_worker` on Ray Train workers. Each worker: setup → DeepSpeed engine → per epoch train on
+its share of the BPR triples, evaluate (every `eval_every` epochs), checkpoint, early-stop on valid
+Recall@20 → rank 0 saves the best model as the teacher for stage 2.
+
+Outputs in `<run uri>/stage1/`: `model.pt` (the best model's weights and how to rebuild it), `teacher.pt`
+(its user and item representations: scores are their dot products), `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ptmrec.config import Config
+from ptmrec.data.shards import load_manifest
+from ptmrec.data.stream import read_interactions
+from ptmrec.recommenders import get_recommender_class
+from ptmrec.runtime import ray_train
+from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+from ptmrec.stages.common import (build_recommender_from_config, count_parameters, epoch_triples,
+                                  evaluate_distributed, read_metrics, save_torch, write_metrics)
+from ptmrec.stages.features import extract_frozen_features, load_features
+from ptmrec.storage import Storage, join
+
+log = logging.getLogger("ptmrec.stage1")
+
+STAGE = "stage1"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the DeepSpeed engine."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = float("-inf")
+    best_epoch: int = -1
+    bad_evals: int = 0  # evaluations since the last improvement
+    best: dict = field(default_factory=dict)  # {"valid": {...}, "test": {...}} at best_epoch
+    history: list = field(default_factory=list)
+    resumed_from_epoch: Optional[int] = None
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def run_recommendation_stage(cfg: Config, progress: bool = True) -> dict:
+    """Run stage 1 on the Ray cluster; returns the stage's metrics.json."""
+    storage = Storage(cfg.storage)
+    manifest = load_manifest(storage, cfg.data.uri)
+    ray_train.connect(cfg)
+    cls = get_recommender_class(cfg.recommender.name)
+    features_uri = None
+    if cls.uses_features:
+        features_uri = extract_frozen_features(cfg, num_workers=cfg.stage1.num_workers,
+                                               cpus_per_worker=cfg.ray.cpus_per_worker, progress=progress)
+    ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=cfg.stage1.batch_size,
+                                num_workers=cfg.stage1.num_workers, lr=cfg.stage1.lr,
+                                zero_stage=cfg.stage1.zero_stage)
+    log.info("stage 1: %s on %s (%d users, %d items), %d workers, ZeRO-%d, global batch %d",
+             cfg.recommender.name, manifest["dataset"], manifest["num_users"], manifest["num_items"],
+             cfg.stage1.num_workers, cfg.stage1.zero_stage, ds_config["train_batch_size"])
+    # Epochs, patience and eval_every are left out: a resumed run may be given a longer budget.
+    identity = {"data": cfg.data.uri, "seed": cfg.run.seed, "recommender": asdict(cfg.recommender),
+                "features": features_uri, "ds_config": ds_config, "batch_size": cfg.stage1.batch_size}
+    ray_train.run_trainer(recommendation_worker, cfg, stage=STAGE, num_workers=cfg.stage1.num_workers,
+                          worker_config={"cfg": cfg, "ds_config": ds_config, "features_uri": features_uri},
+                          identity=identity)
+    return read_metrics(storage, join(cfg.run.uri, STAGE))
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def recommendation_worker(config: dict) -> None:
+    """One Ray Train worker of stage 1 (see the module docstring for the shape)."""
+    import deepspeed
+
+    cfg: Config = config["cfg"]
+    rank, world_size = ray_train.world()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report from every rank is noise
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DeepSpeed broadcasts anyway)
+    start = time.perf_counter()
+
+    # --- setup
+    storage = Storage(cfg.storage)
+    inter = read_interactions(storage, cfg.data.uri)
+    features = load_features(storage, config["features_uri"]) if config["features_uri"] else None
+    model = build_recommender_from_config(cfg, inter, features)
+    trainable, total = count_parameters(model)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config["ds_config"],
+                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
+    state, best_weights = TrainState(), None  # best_weights: rank 0's copy of the best epoch's model
+    with ray_train.latest_checkpoint() as restored:
+        if restored is not None:
+            state, best_weights = _restore(engine, restored, rank)
+            log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)
+
+    # --- train, evaluate, checkpoint, early-stop
+    micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
+    sc = cfg.stage1
+    train_s, triples_seen = 0.0, 0
+    for epoch in range(state.epoch, sc.epochs):
+        t0 = time.perf_counter()
+        parts = _train_epoch(engine, model, inter, epoch, cfg.run.seed, micro, rank, world_size)
+        epoch_s = time.perf_counter() - t0
+        train_s += epoch_s
+        triples_seen += len(inter.train_users)
+        state.epoch = epoch + 1
+        record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in parts.items()}}
+        last = state.epoch == sc.epochs
+        if state.epoch % sc.eval_every and not last:
+            ray_train.report(record)
+            continue
+        result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
+        score = result["valid"][cfg.eval.metric]
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.bad_evals, state.best = score, state.epoch, 0, result
+            if rank == 0:
+                best_weights = copy.deepcopy(model.state_dict())
+        else:
+            state.bad_evals += 1
+        record.update({f"valid/{k}": v for k, v in result["valid"].items()})
+        record.update({f"test/{k}": v for k, v in result["test"].items()})
+        state.history.append(record)
+        stop = state.bad_evals >= sc.patience
+        if rank == 0:
+            log.info("epoch %d: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s", state.epoch,
+                     sum(parts.values()), ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), epoch_s,
+                     cfg.eval.metric, score, cfg.eval.metric, result["test"][cfg.eval.metric],
+                     " *best*" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})")
+        with ray_train.checkpoint_dir() as ckpt:
+            _save_checkpoint(engine, state, ckpt, rank, best_weights)
+            ray_train.report(record, checkpoint_dir=ckpt)
+        if stop:
+            if rank == 0:
+                log.info("early stop: no better valid %s for %d evaluations", cfg.eval.metric, sc.patience)
+            break
+
+    # --- save (rank 0): the best model is the teacher
+    if rank == 0:
+        _save_outputs(cfg, storage, model, best_weights, inter, state, config, trainable, total,
+                      wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9))
+    del engine
+    ray_train.finish_distributed()
+
+
+def _train_epoch(engine, model, inter, epoch: int, seed: int, micro: int, rank: int,
+                 world_size: int) -> dict[str, float]:
+    """One pass over every training pair: global batches of micro × world triples, this rank's slice."""
+    model.pre_epoch()
+    model.train()
+    users, pos, neg = epoch_triples(inter, epoch, seed)
+    batch = micro * world_size
+    n_steps = len(users) // batch + (1 if len(users) % batch >= world_size else 0)
+    sums: dict[str, float] = {}
+    for step in range(n_steps):
+        lo = step * batch
+        size = min(batch, len(users) - lo)
+        # Split the (possibly short, last) global batch evenly so every rank runs every step.
+        per = size // world_size
+        sl = slice(lo + rank * per, lo + (rank + 1) * per)
+        loss, parts = model.loss(torch.from_numpy(users[sl]), torch.from_numpy(pos[sl]), torch.from_numpy(neg[sl]))
+        engine.backward(loss)
+        engine.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / max(n_steps, 1) for k, v in sums.items()}
+
+
+def _save_checkpoint(engine, state: TrainState, directory: str, rank: int, best_weights) -> None:
+    # Every rank saves its DeepSpeed shard (optimizer partitions under ZeRO); Ray merges the ranks' files.
+    engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag="step")
+    if rank == 0:
+        ray_train.write_json(Path(directory) / "state.json", asdict(state))
+        # Every checkpoint carries the best weights: older checkpoints are pruned (checkpoints_to_keep).
+        if best_weights is not None:
+            torch.save(best_weights, Path(directory) / "best.pt")
+
+
+def _restore(engine, directory: Path, rank: int) -> tuple[TrainState, Optional[dict]]:
+    engine.load_checkpoint(str(directory / "deepspeed"), tag="step")
+    state = TrainState(**json.loads((directory / "state.json").read_text()))
+    state.resumed_from_epoch = state.epoch
+    best = directory / "best.pt"
+    best_weights = torch.load(best, map_location="cpu") if rank == 0 and best.is_file() else None
+    return state, best_weights
+
+
+def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[dict], inter, state: TrainState,
+                  config: dict, trainable: int, total: int, wall_s: float, items_per_s: float) -> None:
+    """Write the best model, its teacher representations and metrics.json."""
+    stage_uri = join(cfg.run.uri, STAGE)
+    best = best_weights if best_weights is not None else model.state_dict()
+    model.load_state_dict(best)
+    model.eval()
+    with torch.no_grad():
+        user_repr, item_repr = model()
+    save_torch(storage, join(stage_uri, "model.pt"), {
+        "recommender": cfg.recommender.name, "config": asdict(cfg.recommender), "state_dict": best,
+        "features_uri": config["features_uri"], "num_users": inter.num_users, "num_items": inter.num_items})
+    save_torch(storage, join(stage_uri, "teacher.pt"), {"user": user_repr.detach().cpu(),
+                                                         "item": item_repr.detach().cpu()})
+    manifest = load_manifest(storage, cfg.data.uri)
+    write_metrics(storage, stage_uri, {
+        "stage": STAGE, "model": cfg.recommender.name, "adapter": "none", "dataset": manifest["dataset"],
+        "valid": state.best.get("valid", {}), "test": state.best.get("test", {}), "best_epoch": state.best_epoch,
+        "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
+        "items_per_s": round(items_per_s, 1), "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers,
+        "zero_stage": cfg.stage1.zero_stage, "resumed_from_epoch": state.resumed_from_epoch,
+        "history": state.history})
+    log.info("stage 1 done: best valid %s %.4f at epoch %d, test %s %.4f → %s", cfg.eval.metric,
+             state.best_score, state.best_epoch, cfg.eval.metric, state.best.get("test", {}).get(cfg.eval.metric, 0),
+             stage_uri)

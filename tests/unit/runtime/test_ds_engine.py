@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+from ptmrec.runtime.ds_engine import build_ds_config, derive_batch_sizes, load_ds_config
+
+
+def test_repo_ds_config_loads_and_batch_sizes_agree(repo):
+    base = load_ds_config(repo / "ds_config.json")
+    cfg = build_ds_config(base, batch_size=2048, num_workers=2, lr=1e-3, zero_stage=2, gradient_accumulation_steps=2)
+    assert cfg["train_micro_batch_size_per_gpu"] == 512
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * 2 * cfg["gradient_accumulation_steps"]
+    assert cfg["optimizer"]["params"]["lr"] == 1e-3 and cfg["zero_optimization"]["stage"] == 2
+    assert "lr" not in base["optimizer"]["params"]  # the base is not mutated
+
+
+def test_uneven_batch_is_refused():
+    with pytest.raises(ValueError, match="does not split evenly over 3 workers"):
+        derive_batch_sizes(2048, 3)
+
+
+def test_batch_keys_in_ds_config_are_refused(tmp_path):
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps({"train_batch_size": 64}))
+    with pytest.raises(ValueError, match="'train_batch_size' is derived from the run config"):
+        load_ds_config(p)
+    with pytest.raises(ValueError, match="DeepSpeed config not found"):
+        load_ds_config(tmp_path / "none.json")
