@@ -101,13 +101,24 @@ class Stage1Config:
 
 @dataclass
 class AdapterConfig:
-    name: str = "prompt"  # prompt | lora | ia3 | full | none
-    prompt_length: int = 4
-    prompt_depth: Optional[int] = None  # layers that receive prompts; null = all
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: Optional[list[str]] = None
+    """The adapter inserted into the encoders in stage 2. A field the chosen adapter does not use must stay at
+    its default (see `ptmrec.encoders.adapters.adapter_options`)."""
+
+    name: str = "prompt"  # see `ptmrec.encoders.adapters.available_adapters()`: prompt | lora | ia3 | dora | ... | full | none
+    # prompt: deep prompt tokens in transformer towers
+    prompt_length: int = 4  # prompt tokens per layer, in both towers
+    prompt_depth: Optional[int] = None  # layers that receive fresh prompts, from the first; null = all
+    text_prompt_length: Optional[int] = None  # the text tower's own prompt_length; null = prompt_length
+    text_prompt_depth: Optional[int] = None  # the text tower's own prompt_depth; null = prompt_depth
+    image_prompt_length: Optional[int] = None  # a transformer image tower's own prompt_length; null = prompt_length
+    image_prompt_depth: Optional[int] = None  # a transformer image tower's own prompt_depth; null = prompt_depth
+    prompt_pad: int = 30  # prompt, CNN image towers (EfficientNet): width in pixels of the learnable image border
+    prompt_init_std: float = 0.02  # prompt: std of the normal init; 0 = zeros (the CNN border then starts as identity)
+    # peft methods (lora, dora, loha, lokr, vera, oft, boft, hra; ia3 takes only target_modules)
+    rank: int = 8  # r for lora/dora/loha/lokr/vera/hra; the orthogonal block size for oft/boft
+    alpha: int = 16  # scaling numerator for lora/dora/loha/lokr
+    dropout: float = 0.0  # dropout on the adapter's input for lora/dora/vera
+    target_modules: Optional[list[str]] = None  # module names (or name suffixes) in either tower; null = per-tower defaults
 
 
 @dataclass
@@ -124,9 +135,10 @@ class Stage2Config:
     kt: KTConfig = field(default_factory=KTConfig)
     epochs: int = 5
     patience: int = 3
-    items_per_step: int = 64
-    lr: float = 1e-3
-    recommender_lr: float = 1e-4
+    items_per_step: int = 64  # items encoded per step and worker (the chunk)
+    pairs_per_step: int = 512  # at most this many (user, positive, negative) triples drawn in a chunk
+    lr: float = 1e-3  # adapters
+    recommender_lr: float = 1e-4  # the student recommender, warm from stage 1 (joint uses stage1.lr)
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2, 3] = 2
 
@@ -190,7 +202,28 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(raw, item, where=str(path))
     cfg = from_dict(Config, raw, where=str(path))
     cfg.source_file = str(path)
+    resolve_local_paths(cfg)
     return cfg
+
+
+def resolve_local_paths(cfg: Config) -> None:
+    """Make relative local paths absolute against the working directory the config was loaded in.
+
+    Ray workers run in their own working directories, so `file://./runs/x` must mean the same there.
+    """
+    import os
+
+    def absolute(uri: str) -> str:
+        if "://" in uri and not uri.startswith("file://"):
+            return uri  # s3:// and other remote URIs
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return f"file://{os.path.abspath(os.path.expanduser(path))}"
+
+    cfg.run.uri = absolute(cfg.run.uri)
+    cfg.data.uri = absolute(cfg.data.uri)
+    if cfg.data.path:
+        cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
+    cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:

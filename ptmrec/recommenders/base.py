@@ -39,6 +39,9 @@ class Recommender(nn.Module):
     name: str = ""
     #: whether item features enter the model (VBPR, FREEDOM) or not (BPR, LightGCN)
     uses_features: bool = False
+    #: state-dict key prefixes that hold item features (trainable copies of them), which a model rebuilt
+    #: with other (adapted) features must not load
+    feature_state_prefixes: tuple[str, ...] = ()
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()

@@ -57,6 +57,7 @@ def modality_mix(modalities: tuple[str, ...], mm_image_weight: float) -> dict[st
 class FREEDOM(Recommender):
     name = "freedom"
     uses_features = True
+    feature_state_prefixes = ("feature_table.",)
 
     def __init__(
         self,

@@ -99,6 +99,20 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
 # -------------------------------------------------------------------------------- worker-side helpers
 
 
+def quiet_worker_logs() -> None:
+    """Drop Ray Train's per-report INFO lines (one per rank per report, each with every metric) from the
+    job log; our own per-epoch line says the same once. Ray names these loggers by their module file."""
+    import importlib
+
+    for module in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # another Ray version: keep its logs
+            continue
+        for name in (mod.__file__, module):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this Ray Train worker."""
     import ray.train

@@ -88,7 +88,7 @@ def recommendation_worker(config: dict) -> None:
     cfg: Config = config["cfg"]
     rank, world_size = ray_train.world()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report from every rank is noise
+    ray_train.quiet_worker_logs()
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DeepSpeed broadcasts anyway)
     start = time.perf_counter()
 

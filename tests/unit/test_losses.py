@@ -37,3 +37,46 @@ def test_l2_reg_is_mmrec_emb_loss_unsquared_norms_over_batch_size():
 def test_l2_reg_needs_a_tensor():
     with pytest.raises(ValueError):
         l2_reg()
+
+
+# ---- knowledge transfer (stage 2)
+
+from ptmrec.losses import item_item_kt, kl_rows, user_item_kt  # noqa: E402
+
+
+def test_kt_is_zero_when_student_matches_teacher_and_positive_otherwise():
+    torch.manual_seed(0)
+    teacher = torch.randn(5, 7)
+    assert kl_rows(teacher, teacher.clone(), 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert kl_rows(teacher, teacher + 3.0, 0.5).item() == pytest.approx(0.0, abs=1e-6)  # softmax is shift-invariant
+    assert kl_rows(teacher, torch.randn(5, 7), 1.0).item() > 0
+    parts = user_item_kt(teacher, {"text": teacher.clone(), "image": -teacher}, 1.0)
+    assert parts["text"].item() == pytest.approx(0.0, abs=1e-7) and parts["image"].item() > 0
+
+
+def test_kt_sends_gradients_only_into_trainable_parameters():
+    torch.manual_seed(0)
+    teacher_table = torch.nn.Parameter(torch.randn(6, 4), requires_grad=False)  # frozen stage-1 model
+    adapter = torch.nn.Linear(4, 4)  # the student's trainable part
+    backbone = torch.nn.Linear(4, 4).requires_grad_(False)
+    users, items = torch.randn(3, 4), torch.randn(6, 4)
+    student = users @ adapter(backbone(items)).T
+    loss = user_item_kt(users @ teacher_table.T, {"text": student}, 1.0)["text"]
+    loss.backward()
+    assert adapter.weight.grad is not None and adapter.weight.grad.abs().sum() > 0
+    assert teacher_table.grad is None and backbone.weight.grad is None
+
+
+def test_item_item_kt():
+    torch.manual_seed(0)
+    ids = torch.randn(8, 16)
+    same = item_item_kt(ids, {"text": ids * 2.0}, 0.2)  # cosine similarity ignores scale
+    assert same["text"].item() == pytest.approx(0.0, abs=1e-6)
+    assert item_item_kt(ids, {"text": torch.randn(8, 5)}, 0.2)["text"].item() > 0
+
+
+def test_kt_rejects_bad_input():
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        kl_rows(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match="differ"):
+        kl_rows(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
