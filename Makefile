@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ptmrec prepare --config configs/demo-ml100k.yaml
-	@echo "data prepared under ./data/ml-100k; the recommendation and knowledge-guided stages come next (issues 3-5)"
+	$(VENV)/bin/ptmrec pipeline --config configs/demo-ml100k.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -4,8 +4,12 @@
 """
 
 import sys
+from pathlib import Path
 
-from ptmrec.cli import main
+# `ray job submit --working-dir .` runs this from an uploaded copy of the repository: use that copy's package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptmrec.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["prepare", *sys.argv[1:]]))

@@ -46,6 +46,50 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics.json}. A run interrupted after a checkpoint resumes from it when started again.")
     _add_config_args(p)
 
+    p = sub.add_parser("stage2", help="knowledge-guided stage: adapters tuned with BPR + KT (Ray Train + DeepSpeed)",
+                       description="Load stage 1's teacher from <run.uri>/stage1/, insert the adapter named by "
+                       "stage2.adapter.name into the encoders and tune it (and the recommender, at "
+                       "stage2.recommender_lr) with BPR + stage2.kt.weight x KT on item-centric batches; re-encode the "
+                       "catalogue each epoch and evaluate as stage 1. stage2.mode picks the paper's comparisons: "
+                       "ptmrec | no_kt | joint | full_finetune. Writes <run.uri>/stage2[-mode]/ and report.md/png.")
+    _add_config_args(p)
+
+    p = sub.add_parser("compare", help="frozen baseline vs ptmrec vs no_kt vs joint (vs full_finetune) in one table",
+                       description="Run stage 1 (unless finished) and stage 2 in each mode on one data set, then "
+                       "write one table (report.md, report.png) under the run URI.")
+    _add_config_args(p)
+    p.add_argument("--modes", nargs="+", default=["ptmrec", "no_kt", "joint"],
+                   choices=["ptmrec", "no_kt", "joint", "full_finetune"], help="stage-2 modes to run")
+
+    p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid)",
+                       description="Search the config's sweep.space (dotted keys → values) with Ray Tune: stage 1 "
+                       "is trained once per distinct stage-1 setting and shared; each trial runs stage 2 and "
+                       "reports every epoch; ASHA stops weak trials on the valid metric. The best trial is "
+                       "chosen by valid, its test metric shown beside it. Started again, an interrupted sweep "
+                       "resumes. Writes <run.uri>/sweep-<name>.json.")
+    _add_config_args(p)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a finished stage from the run URI (full ranking, valid + test)",
+                       description="Rebuild a finished stage's recommender with its cached features (frozen for "
+                       "stage1, adapted for stage2) and rank every item for every user, MMRec's protocol; writes "
+                       "<run.uri>/<stage>/eval.json.")
+    _add_config_args(p)
+    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+
+    p = sub.add_parser("report", help="(re)write report.md and report.png from a run's metrics",
+                       description="Collect every stage's metrics.json under run.uri and write the side-by-side "
+                       "report (Markdown table + PNG plot).")
+    _add_config_args(p)
+
+    p = sub.add_parser("pipeline", help="the whole run: prepare → stage1 → stage2 as three `ray job submit` jobs",
+                       description="Start a local Ray cluster (unless --address names one) and the local S3 server "
+                       "(when run.uri is s3:// on localhost), submit prepare, the recommendation stage and the "
+                       "knowledge-guided stage as separate Ray jobs, stream their logs, stop at the first failure, "
+                       "and print the stage-1 vs stage-2 table. Finished stages are reused unless --force.")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, help="Ray job server, e.g. http://127.0.0.1:8265 (default: start one)")
+    p.add_argument("--force", action="store_true", help="redo stages whose outputs already exist")
+
     p = sub.add_parser("check-config", help="validate a config and print it resolved",
                        description="Load a config with its overrides, validate every key, print it as JSON.")
     _add_config_args(p)
@@ -99,11 +143,109 @@ def cmd_stage1(args) -> int:
 def format_metrics(metrics: dict, ks: list[int]) -> str:
     """A stage's metrics.json as a small table."""
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
-    lines = [f"{metrics['stage']}: {metrics['model']} on {metrics['dataset']} (best epoch {metrics['best_epoch']}, "
-             f"{metrics['wall_s']:.0f} s)", f"{'split':<8}" + "".join(f"{c:>12}" for c in cols)]
+    lines = [f"{metrics['stage']}{' (' + metrics['mode'] + ')' if 'mode' in metrics else ''}: {metrics['model']} on "
+             f"{metrics['dataset']} (best epoch {metrics['best_epoch']}, {metrics['wall_s']:.0f} s)", f"{'split':<8}" + "".join(f"{c:>12}" for c in cols)]
     for split in ("valid", "test"):
         lines.append(f"{split:<8}" + "".join(f"{metrics[split].get(c, float('nan')):>12.4f}" for c in cols))
     return "\n".join(lines)
+
+
+def cmd_stage2(args) -> int:
+    from ptmrec.report import write_report
+    from ptmrec.stages.knowledge import run_knowledge_stage
+    from ptmrec.storage import Storage
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = run_knowledge_stage(cfg, progress=not args.quiet)
+    print(format_metrics(metrics, cfg.eval.ks))
+    report = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
+    print(report or "")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import dataclasses
+
+    from ptmrec.report import write_report
+    from ptmrec.stages.common import read_metrics
+    from ptmrec.stages.knowledge import run_knowledge_stage, stage_dir
+    from ptmrec.stages.recommendation import run_recommendation_stage
+    from ptmrec.storage import Storage, StorageError, join
+
+    cfg = load_config(args.config, args.overrides)
+    storage = Storage(cfg.storage)
+    try:
+        read_metrics(storage, join(cfg.run.uri, "stage1"))
+        print(f"stage 1 already finished under {cfg.run.uri}: reusing it")
+    except StorageError:
+        run_recommendation_stage(cfg, progress=not args.quiet)
+    for mode in args.modes:
+        mode_cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, mode=mode))
+        try:
+            read_metrics(storage, join(cfg.run.uri, stage_dir(mode)))
+            print(f"stage 2 ({mode}) already finished: reusing it")
+        except StorageError:
+            run_knowledge_stage(mode_cfg, progress=not args.quiet)
+    print(write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ptmrec.sweep import format_sweep, run_sweep
+
+    load_config(args.config, args.overrides)  # fail on a bad config before Ray starts
+    summary = run_sweep(args.config, args.overrides, progress=not args.quiet)
+    print(format_sweep(summary, summary["metric"]))
+    best = summary["best"]
+    key = summary["metric"].split("/", 1)[1]
+    print(f"best trial {best['trial']}: valid {key} {best['valid'][key]:.4f} (selected), "
+          f"test {key} {best['test'][key]:.4f} (reported)  {best['params']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ptmrec.stages.evaluate import evaluate_stage
+
+    cfg = load_config(args.config, args.overrides)
+    result = evaluate_stage(cfg, args.stage)
+    print(format_metrics({"stage": args.stage, "model": cfg.recommender.name, "dataset": cfg.data.uri,
+                          "best_epoch": "-", "wall_s": result["wall_s"], **result}, cfg.eval.ks))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ptmrec.report import write_report
+    from ptmrec.storage import Storage
+
+    cfg = load_config(args.config, args.overrides)
+    text = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
+    if text is None:
+        raise ValueError(f"{cfg.run.uri}: no finished stage (no metrics.json) to report on")
+    print(text)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from ptmrec.pipeline import JobFailed, run_pipeline
+    from ptmrec.report import write_report
+    from ptmrec.storage import Storage
+
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    try:
+        metrics = run_pipeline(cfg, args.config, args.overrides, address=args.address, force=args.force)
+    except JobFailed as exc:
+        print(f"ptmrec pipeline: {exc}", file=sys.stderr)
+        return exc.status
+    text = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
+    print()
+    print(format_metrics(metrics["stage1"], cfg.eval.ks))
+    print(format_metrics(metrics["stage2"], cfg.eval.ks))
+    print()
+    print(text or "")
+    print(f"report: {cfg.run.uri}/report.md and report.png; W&B runs (offline unless WANDB_API_KEY is set): ./wandb")
+    print(f"pipeline finished in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def cmd_check_config(args) -> int:
@@ -134,7 +276,8 @@ def cmd_s3_server(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "stage1": cmd_stage1, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
+COMMANDS = {"prepare": cmd_prepare, "stage1": cmd_stage1, "stage2": cmd_stage2, "compare": cmd_compare,
+            "report": cmd_report, "pipeline": cmd_pipeline, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,7 +33,8 @@ class RunConfig:
     name: str
     uri: str  # where every artifact of the run lives: a local path, file://… or s3://bucket/prefix
     seed: int = 2024
-    ds_config: str = "ds_config.json"  # DeepSpeed's own settings; batch sizes and lr come from here
+    ds_config: str = "ds_config.json"  # DeepSpeed's own settings; batch sizes and lr come from the stages
+    ray_config: Optional[str] = None  # the Ray side (default: ./ray_config.yaml when present)
 
 
 @dataclass
@@ -131,6 +132,7 @@ class KTConfig:
 @dataclass
 class Stage2Config:
     mode: Literal["ptmrec", "no_kt", "joint", "full_finetune"] = "ptmrec"
+    output: Optional[str] = None  # folder under run.uri; null: stage2/ (ptmrec) or stage2-<mode>/
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     kt: KTConfig = field(default_factory=KTConfig)
     epochs: int = 5
@@ -145,13 +147,28 @@ class Stage2Config:
 
 @dataclass
 class RaySection:
-    """How the stages run on Ray (ray_config.yaml holds the cluster-wide defaults)."""
+    """How the stages run on Ray. Defaults come from ray_config.yaml (and its `profile`); a run config's
+    `ray:` section overrides any key."""
 
     address: Optional[str] = None  # null: join RAY_ADDRESS or the job's cluster, else start a local one
+    profile: Optional[str] = None  # a profile of ray_config.yaml, applied over its defaults
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     max_failures: int = 0  # worker restarts from the latest checkpoint before the job fails
     checkpoints_to_keep: int = 2
+    storage_folder: str = "ray"  # Ray Train / Tune storage: <run uri>/<storage_folder>
+    working_dir_excludes: list[str] = field(default_factory=lambda: [".venv", ".git", "runs", "data", "wandb"])
+    env_vars: dict[str, str] = field(default_factory=dict)  # runtime env of submitted jobs
+
+
+@dataclass
+class TrackingConfig:
+    """Weights & Biases: offline unless WANDB_API_KEY is set (see ptmrec/runtime/tracking.py)."""
+
+    project: str = "ptmrec"
+    dir: str = "./wandb"  # offline runs land here
+    mode: Optional[Literal["online", "offline", "disabled"]] = None  # null: online iff WANDB_API_KEY is set
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +176,20 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20, 50])
     metric: str = "recall@20"  # selection metric, always on the valid split
     batch_users: int = 4096
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune search (`ptmrec sweep`): `space` maps dotted config keys to the values to try."""
+
+    name: str = "sweep"
+    space: dict[str, list[Any]] = field(default_factory=dict)
+    search: Literal["grid", "random"] = "grid"  # grid: every combination; random: num_samples draws
+    num_samples: int = 1  # random draws (grid: repetitions of the whole grid)
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 1
+    trial_cpus: float = 0.25  # the trial's own driver; its Ray Train workers take ray.cpus_per_worker each
 
 
 @dataclass
@@ -172,6 +203,8 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RaySection = field(default_factory=RaySection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     source_file: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +233,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item, where=str(path))
+    raw["ray"] = merged_ray_section(raw, where=str(path))
     cfg = from_dict(Config, raw, where=str(path))
     cfg.source_file = str(path)
     resolve_local_paths(cfg)
@@ -224,6 +258,41 @@ def resolve_local_paths(cfg: Config) -> None:
     if cfg.data.path:
         cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
     cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
+    cfg.tracking.dir = os.path.abspath(os.path.expanduser(cfg.tracking.dir))
+
+
+def merged_ray_section(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """ray_config.yaml's defaults, then its chosen profile, then the run config's own `ray:` keys."""
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    ray_file = Path(run.get("ray_config") or "ray_config.yaml")
+    own = raw.get("ray") or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"{where}: ray: expected a mapping, got {_describe(own)}")
+    base: dict[str, Any] = {}
+    if ray_file.is_file():
+        base = yaml.safe_load(ray_file.read_text()) or {}
+        if isinstance(raw.get("run"), dict):
+            raw["run"]["ray_config"] = str(ray_file.resolve())  # so that it means the same in a worker
+    elif run.get("ray_config"):
+        raise ConfigError(f"{where}: run.ray_config: {ray_file} not found")
+    profiles = base.pop("profiles", {}) or {}
+    profile = own.get("profile", base.get("profile"))
+    if profile is not None:
+        if profile not in profiles:
+            raise ConfigError(f"{where}: ray.profile: {profile!r} is not a profile of {ray_file} "
+                              f"(valid: {', '.join(sorted(profiles)) or 'none'})")
+        base.update(profiles[profile])
+    return {**base, **own}
+
+
+def pinned_overrides(cfg: Config) -> list[str]:
+    """`--set` overrides that pin every path of `cfg` to its absolute value, for processes that load the
+    same config file from another working directory (Ray jobs, Tune trials)."""
+    import json
+
+    pins = {"run.uri": cfg.run.uri, "data.uri": cfg.data.uri, "data.path": cfg.data.path,
+            "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir}
+    return [f"{k}={json.dumps(v)}" for k, v in pins.items() if v is not None]
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
@@ -288,6 +357,10 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {key}: expected one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, where, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key}: expected a list, got {_describe(value)}")

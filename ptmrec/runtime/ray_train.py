@@ -38,12 +38,14 @@ def connect(cfg: Config) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env_vars})
+        # "local" starts a private instance; a bare ray.init() would attach to whatever cluster `ray start`
+        # last recorded on this machine, even a dead one.
+        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env_vars})
 
 
-def ray_storage(cfg: Config) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray Train's RunConfig, under the run URI."""
-    loc = parse_uri(join(cfg.run.uri, "ray"))
+def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train's / Tune's RunConfig, under the run URI."""
+    loc = parse_uri(join(cfg.run.uri, folder or cfg.ray.storage_folder))
     if loc.scheme == "file":
         return loc.path, None
     import pyarrow.fs
@@ -62,7 +64,7 @@ def ray_storage(cfg: Config) -> tuple[str, Any]:
 
 
 def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, num_workers: int,
-                worker_config: dict, identity: Any) -> None:
+                worker_config: dict, identity: Any, callbacks: Optional[list] = None) -> None:
     """Run `train_fn` on `num_workers` Ray Train workers (torch.distributed set up: gloo on CPU, NCCL on
     GPU); raises if training failed after the allowed restarts.
 
@@ -89,6 +91,7 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()

@@ -82,6 +82,15 @@ def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in module.parameters())
 
 
+def peak_memory() -> tuple[float, str]:
+    """(peak MB, kind): GPU memory allocated by torch when on a GPU, else this process's peak RSS."""
+    import resource
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "gpu_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"
+
+
 def save_torch(storage: Storage, uri: str, obj) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)

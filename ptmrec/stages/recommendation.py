@@ -27,8 +27,9 @@ from ptmrec.data.stream import read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_recommender_from_config, count_parameters, epoch_triples,
-                                  evaluate_distributed, read_metrics, save_torch, write_metrics)
+                                  evaluate_distributed, peak_memory, read_metrics, save_torch, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.storage import Storage, join
 
@@ -106,6 +107,8 @@ def recommendation_worker(config: dict) -> None:
             state, best_weights = _restore(engine, restored, rank)
             log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)
 
+    tracker = Tracker(cfg, STAGE, rank)
+
     # --- train, evaluate, checkpoint, early-stop
     micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
     sc = cfg.stage1
@@ -117,9 +120,11 @@ def recommendation_worker(config: dict) -> None:
         train_s += epoch_s
         triples_seen += len(inter.train_users)
         state.epoch = epoch + 1
-        record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in parts.items()}}
+        record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in parts.items()},
+                  "lr": engine.get_lr()[0], "triples_per_s": len(inter.train_users) / max(epoch_s, 1e-9)}
         last = state.epoch == sc.epochs
         if state.epoch % sc.eval_every and not last:
+            tracker.log(record, step=state.epoch)
             ray_train.report(record)
             continue
         result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
@@ -134,6 +139,7 @@ def recommendation_worker(config: dict) -> None:
         record.update({f"valid/{k}": v for k, v in result["valid"].items()})
         record.update({f"test/{k}": v for k, v in result["test"].items()})
         state.history.append(record)
+        tracker.log(record, step=state.epoch)
         stop = state.bad_evals >= sc.patience
         if rank == 0:
             log.info("epoch %d: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s", state.epoch,
@@ -152,6 +158,8 @@ def recommendation_worker(config: dict) -> None:
     if rank == 0:
         _save_outputs(cfg, storage, model, best_weights, inter, state, config, trainable, total,
                       wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9))
+    tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
+                                                        for k, v in m.items()}}, table=state.best)
     del engine
     ray_train.finish_distributed()
 
@@ -213,11 +221,13 @@ def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[d
     save_torch(storage, join(stage_uri, "teacher.pt"), {"user": user_repr.detach().cpu(),
                                                          "item": item_repr.detach().cpu()})
     manifest = load_manifest(storage, cfg.data.uri)
+    peak_mb, memory_kind = peak_memory()
     write_metrics(storage, stage_uri, {
         "stage": STAGE, "model": cfg.recommender.name, "adapter": "none", "dataset": manifest["dataset"],
         "valid": state.best.get("valid", {}), "test": state.best.get("test", {}), "best_epoch": state.best_epoch,
         "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
-        "items_per_s": round(items_per_s, 1), "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers,
+        "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
+        "seed": cfg.run.seed, "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers,
         "zero_stage": cfg.stage1.zero_stage, "resumed_from_epoch": state.resumed_from_epoch,
         "history": state.history})
     log.info("stage 1 done: best valid %s %.4f at epoch %d, test %s %.4f → %s", cfg.eval.metric,

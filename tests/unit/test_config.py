@@ -85,3 +85,31 @@ def test_config_round_trips_through_pickle(tmp_path):
 
     cfg = load_config(write(tmp_path, BASE))
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_ray_section_merges_ray_config_profile_and_run_overrides(tmp_path, monkeypatch):
+    (tmp_path / "ray_config.yaml").write_text(
+        "cpus_per_worker: 1\nmax_failures: 0\nenv_vars: {A: '1'}\nprofiles:\n  gpu: {use_gpu: true, cpus_per_worker: 8}\n")
+    monkeypatch.chdir(tmp_path)
+    p = write(tmp_path, BASE + "ray: {profile: gpu, max_failures: 3}\n")
+    cfg = load_config(p)
+    assert (cfg.ray.use_gpu, cfg.ray.cpus_per_worker, cfg.ray.max_failures, cfg.ray.env_vars) == (True, 8.0, 3, {"A": "1"})
+    with pytest.raises(ConfigError, match="ray.profile: 'tpu' is not a profile of ray_config.yaml"):
+        load_config(p, ["ray.profile=tpu"])
+    with pytest.raises(ConfigError, match="unknown key 'ray.cpu_per_worker'"):
+        load_config(p, ["ray.cpu_per_worker=2"])
+
+
+def test_repo_ray_config_is_valid(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    for profile in ("cpu", "gpu"):
+        cfg = load_config(repo / "configs" / "smoke.yaml", [f"ray.profile={profile}"])
+        assert cfg.ray.use_gpu == (profile == "gpu")
+        assert ".venv" in cfg.ray.working_dir_excludes
+
+
+def test_sweep_space_is_a_typed_mapping(tmp_path):
+    cfg = load_config(write(tmp_path, BASE + "sweep: {space: {stage2.kt.weight: [0.1, 1.0]}}\n"))
+    assert cfg.sweep.space == {"stage2.kt.weight": [0.1, 1.0]}
+    with pytest.raises(ConfigError, match="sweep.space: expected a mapping"):
+        load_config(write(tmp_path, BASE + "sweep: {space: [1, 2]}\n"))

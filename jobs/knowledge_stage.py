@@ -1,0 +1,15 @@
+"""Stage 2 as a Ray job (needs only the config and the run URI where stage 1 finished):
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/knowledge_stage.py --config configs/demo-ml100k.yaml [--set stage2.mode=no_kt ...]
+"""
+
+import sys
+from pathlib import Path
+
+# `ray job submit --working-dir .` runs this from an uploaded copy of the repository: use that copy's package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptmrec.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["stage2", *sys.argv[1:]]))

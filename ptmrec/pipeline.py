@@ -1,0 +1,123 @@
+"""The main job: prepare → recommendation stage → knowledge-guided stage, as three `ray job submit` jobs.
+
+Starts a local Ray cluster (and the local S3 server when the run's storage is `s3://` on localhost) unless
+`--address` names a cluster, submits each stage as its own job with the repository as working directory,
+streams its logs, stops at the first failed job with its exit status, prints the stage-1 vs stage-2 table
+and where the report is, and stops what it started. A stage whose outputs are already in the run URI is
+not submitted again unless `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ptmrec.config import Config, pinned_overrides
+from ptmrec.storage import Storage, join, parse_uri
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    name: str
+    script: str  # under jobs/
+    done_marker: str  # relative to the run URI (or the data URI for prepare)
+    under_data: bool = False
+
+
+JOBS = [
+    Job("prepare", "jobs/prepare_data.py", "manifest.json", under_data=True),
+    Job("stage1", "jobs/recommendation_stage.py", "stage1/metrics.json"),
+    Job("stage2", "jobs/knowledge_stage.py", "stage2/metrics.json"),
+]
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, job: str, status: int):
+        super().__init__(f"job {job} failed with exit status {status}; later stages were not submitted")
+        self.status = status
+
+
+def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: Optional[str] = None,
+                 force: bool = False) -> dict:
+    """Run the three jobs; returns {"stage1": metrics, "stage2": metrics}."""
+    from ptmrec.runtime.local_ray import LocalRayCluster
+    from ptmrec.runtime.local_s3 import LocalS3Server
+
+    storage = Storage(cfg.storage)
+    # Jobs run in a copy of the working directory: pin the URIs and paths to what they mean here.
+    pinned = [*overrides, *pinned_overrides(cfg)]
+    env_vars = dict(cfg.ray.env_vars)  # ray_config.yaml's, then what this shell sets
+    env_vars.update({k: v for k, v in os.environ.items()
+                     if k in ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "TORCH_EXTENSIONS_DIR")
+                     or k.startswith("AWS_")})
+    if "WANDB_API_KEY" in os.environ and "WANDB_MODE" not in os.environ:
+        env_vars["WANDB_MODE"] = "online"
+    with ExitStack() as stack:
+        if parse_uri(cfg.run.uri).scheme == "s3" and _wants_local_s3(cfg):
+            s3 = stack.enter_context(LocalS3Server())
+            os.environ.update(s3.env())
+            pinned.append(f"storage.endpoint_url={s3.endpoint_url}")
+            storage = Storage(cfg.storage.__class__(**{**cfg.storage.__dict__, "endpoint_url": s3.endpoint_url}))
+            for uri in (cfg.run.uri, cfg.data.uri):
+                storage.ensure_bucket(uri)
+            env_vars.update(s3.env())
+            log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
+        if address is None:
+            cluster = stack.enter_context(LocalRayCluster(log_file=_head_log(cfg)))
+            address = cluster.address
+            python = sys.executable  # the local cluster runs from this environment
+            log.info("started a local Ray cluster: job server %s (pid %d)", address, cluster.process.pid)
+        else:
+            python = "python"
+        os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
+        for job in JOBS:
+            marker = join(cfg.data.uri if job.under_data else cfg.run.uri, job.done_marker)
+            if not force and storage.exists(marker):
+                print(f"== {job.name}: already done ({marker}); skipping (use --force to redo)", flush=True)
+                continue
+            submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes)
+    return {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json"))) for stage in ("stage1", "stage2")}
+
+
+def _head_log(cfg: Config) -> Optional[str]:
+    loc = parse_uri(cfg.run.uri)
+    if loc.scheme != "file":
+        return None
+    Path(loc.path).mkdir(parents=True, exist_ok=True)
+    return str(Path(loc.path) / "ray-head.log")
+
+
+def _wants_local_s3(cfg: Config) -> bool:
+    """An s3:// run with no endpoint anywhere is the demo's "local S3": start one. A configured endpoint
+    (AWS, MinIO, or a local server someone else started) is used as it is."""
+    return not (cfg.storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
+
+
+def submit(job: Job, address: str, python: str, config_path: str, overrides: list[str], env_vars: dict,
+           excludes: list[str]) -> None:
+    """`ray job submit` one job and stream its logs; raises JobFailed on a non-zero exit."""
+    entrypoint = " ".join([python, job.script, "--config", shlex.quote(config_path),
+                           *(f"--set {shlex.quote(o)}" for o in overrides)])
+    runtime_env = {"working_dir": str(REPO), "excludes": excludes, "env_vars": env_vars}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray_cli, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env),
+           "--submission-id", f"ptmrec-{job.name}-{int(time.time())}", "--", *shlex.split(entrypoint)]
+    print(f"== {job.name}: ray job submit --address {address} --working-dir . -- {entrypoint}", flush=True)
+    start = time.perf_counter()
+    status = subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}).returncode
+    if status != 0:
+        raise JobFailed(job.name, status)
+    print(f"== {job.name}: done in {time.perf_counter() - start:.0f} s", flush=True)

@@ -1,0 +1,99 @@
+"""The run report: stage 1 vs stage 2 (and the comparison modes) side by side, as Markdown and a plot.
+
+Reads every `metrics.json` under the run URI (stage1/, stage2/, stage2-<mode>/) and writes
+`<run uri>/report.md` and `<run uri>/report.png` (test metrics per stage, and the valid curves).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Optional
+
+from ptmrec.stages.common import read_metrics
+from ptmrec.storage import Storage, StorageError, join
+
+log = logging.getLogger(__name__)
+
+STAGE_DIRS = ("stage1", "stage2-joint", "stage2-no_kt", "stage2", "stage2-full_finetune")
+
+
+def label(m: dict) -> str:
+    if m["stage"] == "stage1":
+        return f"frozen ({m['model']})"
+    return f"{m.get('mode', 'ptmrec')} ({m['model']}, {m['adapter']})"
+
+
+def collect(storage: Storage, run_uri: str) -> list[dict]:
+    """The metrics of every finished stage of the run, stage 1 first."""
+    out = []
+    for name in STAGE_DIRS:
+        try:
+            out.append(read_metrics(storage, join(run_uri, name)))
+        except StorageError:
+            continue
+    return out
+
+
+def table(rows: list[dict], ks: list[int], split: str = "test") -> str:
+    """A Markdown table of the rows' metrics on `split`, with the change against the first row (stage 1)."""
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+    head = ["stage", *cols, "vs frozen R@20" if "recall@20" in cols else "vs frozen", "trainable (encoder)",
+            "wall s", "peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = rows[0][split].get("recall@20") if rows and rows[0]["stage"] == "stage1" else None
+    for m in rows:
+        r20 = m[split].get("recall@20")
+        change = f"{100 * (r20 / base - 1):+.1f} %" if base and r20 is not None and m is not rows[0] else "—"
+        share = m.get("encoder_trainable_share")
+        trainable = f"{m.get('encoder_trainable_params', 0):,} ({100 * share:.3f} %)" if share is not None else "0 (frozen)"
+        peak = m.get("peak_memory_mb")
+        lines.append("| " + " | ".join([label(m), *(f"{m[split].get(c, float('nan')):.4f}" for c in cols), change,
+                                         trainable, f"{m['wall_s']:.0f}", f"{peak:.0f}" if peak else "—"]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(storage: Storage, run_uri: str, ks: list[int], metric: str = "recall@20") -> Optional[str]:
+    """Write report.md and report.png under the run URI; returns the Markdown (None if no stage finished)."""
+    rows = collect(storage, run_uri)
+    if not rows:
+        return None
+    md = [f"# PTMRec run report: {rows[0]['dataset']}", "",
+          f"Test metrics at the best **valid** {metric} epoch of each stage (selection never uses test).", "",
+          table(rows, ks, "test"), "", "Valid metrics at the same epochs:", "", table(rows, ks, "valid"), "",
+          "![curves](report.png)", ""]
+    text = "\n".join(md)
+    storage.write_text(join(run_uri, "report.md"), text)
+    storage.write_bytes(join(run_uri, "report.png"), plot(rows, metric))
+    return text
+
+
+def plot(rows: list[dict], metric: str) -> bytes:
+    """Bars of test metric per stage, and the valid metric per epoch of each stage (PNG bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = [label(m) for m in rows]
+    values = [m["test"].get(metric, 0.0) for m in rows]
+    bars.bar(range(len(rows)), values, color=["#888888"] + ["#3b75af"] * (len(rows) - 1))
+    bars.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    bars.set_ylabel(f"test {metric}")
+    bars.set_title("best-valid checkpoint of each stage")
+    for i, v in enumerate(values):
+        bars.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+    for m, name in zip(rows, names):
+        hist = [h for h in m.get("history", []) if f"valid/{metric}" in h]
+        if hist:
+            curves.plot([h["epoch"] for h in hist], [h[f"valid/{metric}"] for h in hist], marker=".", label=name)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(f"valid {metric}")
+    curves.set_title("training curves")
+    curves.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

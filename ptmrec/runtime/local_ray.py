@@ -1,0 +1,79 @@
+"""A local Ray cluster (head node with dashboard and job server on 127.0.0.1) for the demo and the tests.
+
+`ray start --head --block` runs in its own process group, so stopping it by its process id also stops the
+GCS, raylet and dashboard it spawned, and nothing else on the machine (unlike `ray stop`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from ptmrec.runtime.local_s3 import free_port
+
+
+class LocalRayCluster:
+    """`with LocalRayCluster(num_cpus=2) as ray_cluster:` → `ray_cluster.address` is the job server's URL."""
+
+    def __init__(self, num_cpus: Optional[int] = None, log_file: Optional[str] = None):
+        self.num_cpus = num_cpus or os.cpu_count() or 2
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.log_file = log_file
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        # Local clusters run without token auth (Ray 2.60 turns it on for the job server by default).
+        return {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
+
+    def start(self, timeout_s: float = 120.0) -> "LocalRayCluster":
+        ray_cli = Path(sys.executable).with_name("ray")
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+             "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(self.num_cpus),
+             "--include-dashboard", "true", "--disable-usage-stats",
+             "--temp-dir", tempfile.mkdtemp(prefix="ptmrec-ray-")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"local Ray head exited at start with status {self.process.returncode}"
+                                   + (f" (log: {self.log_file})" if self.log_file else ""))
+            try:
+                urllib.request.urlopen(f"{self.address}/api/version", timeout=2).close()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"local Ray job server did not answer on {self.address} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "LocalRayCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,54 @@
+"""Re-evaluate a finished stage from the run URI alone (the `evaluate` job): rebuild its recommender with the
+features it scores with (frozen for stage 1, adapted for stage 2), rank the whole catalogue for every user
+as MMRec does, and write `<stage>/eval.json`. Serving cost equals the frozen baseline: features are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ptmrec.config import Config
+from ptmrec.data.stream import read_interactions
+from ptmrec.stages.common import build_recommender_from_config, evaluate_distributed, load_torch, read_metrics
+from ptmrec.stages.features import load_features
+from ptmrec.storage import Storage, StorageError, join
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
+    """{"valid": {...}, "test": {...}} of a finished stage ("stage1", "stage2", "stage2-<mode>")."""
+    storage = Storage(cfg.storage)
+    stage_uri = join(cfg.run.uri, stage)
+    try:
+        read_metrics(storage, stage_uri)
+    except StorageError:
+        raise ValueError(f"{stage_uri}: no finished {stage} (metrics.json missing)") from None
+    start = time.perf_counter()
+    inter = read_interactions(storage, cfg.data.uri)
+    stage1 = load_torch(storage, join(cfg.run.uri, "stage1", "model.pt"))
+    if stage == "stage1":
+        features = load_features(storage, stage1["features_uri"]) if stage1["features_uri"] else None
+        weights = stage1["state_dict"]
+    else:
+        adapted = [name for name in storage.list(join(cfg.run.uri, stage)) if name == "recommender.pt"]
+        if not adapted:
+            raise ValueError(f"{stage_uri}: no recommender.pt")
+        weights = load_torch(storage, join(stage_uri, "recommender.pt"))["state_dict"]
+        features = _adapted_features(storage, cfg, stage)
+    model = build_recommender_from_config(cfg, inter, features)
+    model.load_state_dict(weights, strict=False)
+    result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    storage.write_text(join(stage_uri, "eval.json"), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _adapted_features(storage: Storage, cfg: Config, stage: str):
+    from ptmrec.data.shards import load_manifest
+    from ptmrec.stages.features import feature_dir
+
+    kind = "adapted-" + stage.replace("/", "-")  # as knowledge.adapted_kind names it
+    return load_features(storage, feature_dir(cfg, load_manifest(storage, cfg.data.uri), kind=kind))
