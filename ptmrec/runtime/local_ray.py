@@ -43,10 +43,15 @@ class LocalRayCluster:
         env.pop("RAY_ADDRESS", None)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            [str(ray_cli), "start", "--head", "--block",
              "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(self.num_cpus),
              "--include-dashboard", "true", "--disable-usage-stats",
+             # Free ports for every listener with a fixed default, so that this cluster starts beside
+             # another Ray on the same machine (a test's, a notebook's) instead of losing its job agent.
+             *(arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")
+               for arg in (flag, str(free_port()))),
              "--temp-dir", tempfile.mkdtemp(prefix="ptmrec-ray-")],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -56,11 +61,31 @@ class LocalRayCluster:
                                    + (f" (log: {self.log_file})" if self.log_file else ""))
             try:
                 urllib.request.urlopen(f"{self.address}/api/version", timeout=2).close()
-                return self
+                if self._job_agent_ready():
+                    return self
             except OSError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"local Ray job server did not answer on {self.address} within {timeout_s:.0f} s")
+
+    def _job_agent_ready(self) -> bool:
+        """The dashboard answers before the node's job agent does ("No available agent to submit job"):
+        a tiny job that runs to the end proves that submissions go through."""
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        try:
+            client = JobSubmissionClient(self.address)
+            job = client.submit_job(entrypoint="true")
+        except (RuntimeError, ConnectionError):
+            return False
+        for _ in range(120):
+            status = client.get_job_status(job)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                return status == JobStatus.SUCCEEDED
+            time.sleep(0.25)
+        return False
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

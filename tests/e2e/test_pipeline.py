@@ -1,0 +1,45 @@
+"""The main job end to end: the smoke config through three real `ray job submit` jobs on a local Ray cluster,
+with data and run URIs on the local S3-compatible server."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_through_ray_job_submit_on_s3(repo, s3_server, tmp_path):
+    bucket = f"e2e-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **s3_server.env(), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "WANDB_MODE": "disabled", "PTMREC_TRACEBACK": "1"}
+    from ptmrec.config import StorageConfig
+    from ptmrec.storage import Storage
+
+    storage = Storage(StorageConfig(endpoint_url=s3_server.endpoint_url, access_key_id="k", secret_access_key="s"))
+    storage.ensure_bucket(f"s3://{bucket}")
+    args = [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml",
+            "--set", f"run.uri=s3://{bucket}/runs/smoke", "--set", f"data.uri=s3://{bucket}/data/smoke",
+            "--set", "stage1.epochs=2", "--set", "stage2.epochs=1"]
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    for job in ("prepare", "stage1", "stage2"):
+        assert f"== {job}: ray job submit --address http://127.0.0.1:" in out
+        assert f"== {job}: done in" in out
+    stage1 = json.loads(storage.read_text(f"s3://{bucket}/runs/smoke/stage1/metrics.json"))
+    stage2 = json.loads(storage.read_text(f"s3://{bucket}/runs/smoke/stage2/metrics.json"))
+    assert stage1["stage"] == "stage1" and stage2["stage"] == "stage2" and stage2["mode"] == "ptmrec"
+    assert storage.exists(f"s3://{bucket}/runs/smoke/report.md")
+    # Ray Train's checkpoints went to the same S3 server
+    keys = [o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket, Prefix="runs/smoke/ray/")["Contents"]]
+    assert any("/checkpoint_" in k and k.endswith("state.json") for k in keys)
+    assert "| frozen (vbpr)" in proc.stdout and "| ptmrec (vbpr, prompt)" in proc.stdout
+
+    # a second run finds every stage done and submits nothing
+    again = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert again.stdout.count("already done") == 3 and "ray job submit --address" not in again.stdout
