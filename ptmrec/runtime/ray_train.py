@@ -32,15 +32,15 @@ def connect(cfg: Config) -> None:
     # Local clusters here run without token auth (Ray 2.60 turns it on for the job server by default).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "WANDB_MODE", "TORCH_EXTENSIONS_DIR",
-                                           "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                           "AWS_DEFAULT_REGION") if k in os.environ}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        # Inside a submitted job (or against a remote cluster) the runtime environment is the job's:
+        # ray_config.yaml's env_vars travel with `ray job submit`, and a second one here would conflict.
+        ray.init(address=address, log_to_driver=True)
     else:
-        # "local" starts a private instance; a bare ray.init() would attach to whatever cluster `ray start`
-        # last recorded on this machine, even a dead one.
-        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env_vars})
+        # "local" starts a private instance (its workers inherit this process's environment); a bare
+        # ray.init() would attach to whatever cluster `ray start` last recorded on this machine, even a
+        # dead one.
+        ray.init(address="local", include_dashboard=False)
 
 
 def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
