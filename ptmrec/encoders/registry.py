@@ -8,6 +8,8 @@ weights only when called, which keeps ``import ptmrec.encoders`` light.
 
 from __future__ import annotations
 
+from ptmrec.registry import registrar
+
 import inspect
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -22,18 +24,8 @@ ENCODERS = MappingProxyType(_ENCODERS)  # read-only view: name -> builder
 _COMMON_ARGS = ("model", "image_size", "max_text_len", "modalities")
 
 
-def register_encoder(name: str) -> Callable[[Builder], Builder]:
-    """Decorator adding a builder under ``name`` (lowercase); a name can be registered once."""
-    if name != name.lower():
-        raise ValueError(f"encoder names are lowercase, got {name!r}")
-
-    def register(builder: Builder) -> Builder:
-        if name in _ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _ENCODERS[name] = builder
-        return builder
-
-    return register
+# Decorator adding a builder under ``name`` (lowercase); a name can be registered once.
+register_encoder = registrar(_ENCODERS, "encoder")
 
 
 def available_encoders() -> list[str]:

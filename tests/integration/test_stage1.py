@@ -6,32 +6,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import ENV, ptmrec
+
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "PTMREC_TRACEBACK": "1"}
-
-
-def ptmrec(repo, *args, **kw):
-    return subprocess.run([sys.executable, "-m", "ptmrec.cli", *args], cwd=repo, env=ENV, capture_output=True,
-                          text=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def smoke_data(repo, tmp_path_factory):
-    data = tmp_path_factory.mktemp("smoke") / "data"
-    proc = ptmrec(repo, "-q", "prepare", "--config", "configs/smoke.yaml", "--set", f"data.uri={data}")
-    assert proc.returncode == 0, proc.stderr
-    return data
 
 
 def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_path):
     run = tmp_path / "run"
     proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
-                  "--set", f"run.uri={run}", timeout=600)
+                  "--set", f"run.uri={run}", "--set", f"tracking.dir={tmp_path}/wandb", "--set", "tracking.mode=offline",
+                  timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "stage1" / "metrics.json").read_text())
     assert metrics["stage"] == "stage1" and metrics["model"] == "vbpr" and metrics["num_workers"] == 2
@@ -41,6 +28,16 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
     assert metrics["test"]["recall@20"] > 20 / 120
     assert (run / "stage1" / "teacher.pt").is_file() and (run / "stage1" / "model.pt").is_file()
     assert "DeepSpeed" in proc.stderr and "gloo" in proc.stderr.lower() or "deepspeed" in proc.stderr.lower()
+    # W&B (offline): one run for the stage, from rank 0 only, with every evaluation and the final summary
+    from tests.wandb_reader import read_run
+
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = read_run(runs[0])
+    assert logged["name"] == "smoke-stage1" and logged["group"] == "smoke"
+    assert [h["epoch"] for h in logged["history"]] == [1, 2, 3]
+    assert all("valid/recall@20" in h and "loss/bpr" in h for h in logged["history"])
+    assert logged["summary"]["best/test/recall@20"] == pytest.approx(metrics["test"]["recall@20"])
     # frozen features are reused by a second run with the same encoder settings
     proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
                   "--set", f"run.uri={run}", "--set", "stage1.epochs=1", timeout=600)

@@ -2,30 +2,14 @@
 tiny-clip and with the bundled towers; the saved adapters reproduce the adapted features exactly."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from tests.integration.conftest import ptmrec
+
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "PTMREC_TRACEBACK": "1", "WANDB_MODE": "disabled"}
-
-
-def ptmrec(repo, *args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ptmrec.cli", *args], cwd=repo, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def smoke_data(repo, tmp_path_factory):
-    data = tmp_path_factory.mktemp("smoke2") / "data"
-    proc = ptmrec(repo, "-q", "prepare", "--config", "configs/smoke.yaml", "--set", f"data.uri={data}")
-    assert proc.returncode == 0, proc.stderr
-    return data
 
 
 def reencode(cfg, adapter_file, world_size):

@@ -1,7 +1,6 @@
 """A Ray Tune sweep on the smoke config: 3 trials sharing one stage-1 setting, best picked by valid."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_sweep_shares_stage1_and_selects_on_valid(repo, tmp_path):
-    from tests.integration.test_stage1 import ENV
+    from tests.integration.conftest import ENV
 
     data, run = tmp_path / "data", tmp_path / "run"
     sets = ["--set", f"data.uri={data}", "--set", f"run.uri={run}", "--set", "ray.cpus_per_worker=0.5",

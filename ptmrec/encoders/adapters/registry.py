@@ -12,6 +12,8 @@ everything else before. Builders import their heavy dependencies (peft) only whe
 
 from __future__ import annotations
 
+from ptmrec.registry import registrar
+
 import dataclasses
 import inspect
 import logging
@@ -42,18 +44,8 @@ class AppliedAdapter:
     state_names: tuple[str, ...]  # the tensors adapter_state_dict saves, named as in encoder.state_dict()
 
 
-def register_adapter(name: str) -> Callable[[Builder], Builder]:
-    """Decorator adding a builder under ``name`` (lowercase); a name can be registered once."""
-    if name != name.lower():
-        raise ValueError(f"adapter names are lowercase, got {name!r}")
-
-    def register(builder: Builder) -> Builder:
-        if name in _ADAPTERS:
-            raise ValueError(f"adapter {name!r} is already registered")
-        _ADAPTERS[name] = builder
-        return builder
-
-    return register
+# Decorator adding a builder under ``name`` (lowercase); a name can be registered once.
+register_adapter = registrar(_ADAPTERS, "adapter")
 
 
 def available_adapters() -> list[str]:

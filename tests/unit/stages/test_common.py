@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from ptmrec.config import RecommenderConfig
 from ptmrec.data.stream import Interactions
