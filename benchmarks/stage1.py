@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -59,33 +60,32 @@ def deepspeed_worker(config: dict) -> None:
     model = build_recommender_from_config(cfg, inter, None)
     engine, _, _, _ = deepspeed.initialize(model=model, config=config["ds_config"],
                                            model_parameters=[p for p in model.parameters() if p.requires_grad])
+    times = []
     for epoch in range(config["epochs"]):
         t0 = time.perf_counter()
         _train_epoch(engine, model, inter, epoch, cfg.run.seed, config["ds_config"]["train_micro_batch_size_per_gpu"], 0, 1)
-        ray_train.report({"epoch_s": time.perf_counter() - t0})
+        times.append(time.perf_counter() - t0)
+        ray_train.report({"epoch_s": times[-1]})
+    with open(config["times_file"], "w") as f:  # same machine: the driver reads it after fit()
+        json.dump(times, f)
     del engine
     ray_train.finish_distributed()
 
 
 def ray_deepspeed_epochs(cfg, epochs: int) -> list[float]:
-    import ray.train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    times: list[float] = []
     ds = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=cfg.stage1.batch_size, num_workers=1,
                          lr=cfg.stage1.lr, zero_stage=cfg.stage1.zero_stage)
-
-    # Train V2 hands per-report metrics to a callback on the driver; keep them from the worker's reports.
-    class Collect(ray.train.UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            times.append(metrics[0]["epoch_s"])
-
     with tempfile.TemporaryDirectory() as tmp:
-        TorchTrainer(deepspeed_worker, train_loop_config={"cfg": cfg, "ds_config": ds, "epochs": epochs},
+        times_file = os.path.join(tmp, "epoch_times.json")
+        TorchTrainer(deepspeed_worker,
+                     train_loop_config={"cfg": cfg, "ds_config": ds, "epochs": epochs, "times_file": times_file},
                      scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
-                     run_config=RunConfig(storage_path=tmp, name="bench", callbacks=[Collect()])).fit()
-    return times
+                     run_config=RunConfig(storage_path=tmp, name="bench")).fit()
+        with open(times_file) as f:
+            return json.load(f)
 
 
 def eval_floor(model, inter, k: int, batch_users: int) -> None:

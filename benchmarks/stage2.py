@@ -8,6 +8,7 @@ the same adapted encoder on the same items, measured side by side in one run. Ta
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import socket
 import time
@@ -62,6 +63,8 @@ def main() -> None:
     chunks = [np.arange(lo, min(lo + args.items_per_step, args.items)) for lo in range(0, args.items, args.items_per_step)]
     pixels = [encoder.preprocess_images([images[i] for i in c]) for c in chunks]  # decoded once, as the stream does
 
+    # The bare loop trains its own copy: DeepSpeed's ZeRO hooks own the engine's parameters' gradients.
+    bare_encoder = copy.deepcopy(encoder).to(device)
     adapter_params = [p for p in encoder.parameters() if p.requires_grad]
     ds_config = {"train_micro_batch_size_per_gpu": args.items_per_step, "gradient_accumulation_steps": 1,
                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
@@ -85,12 +88,12 @@ def main() -> None:
             engine.step()
 
     tokens_pre = [{k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in c]).items()} for c in chunks]
-    bare_opt = torch.optim.AdamW(adapter_params, lr=1e-4)
+    bare_opt = torch.optim.AdamW([p for p in bare_encoder.parameters() if p.requires_grad], lr=1e-4)
 
     def bare_epoch() -> None:
         for toks, px in zip(tokens_pre, pixels):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                feats = student.encode(toks, px.to(device))
+                feats = {"text": bare_encoder.encode_text(**toks), "image": bare_encoder.encode_image(px.to(device))}
                 loss = sum(f.float().pow(2).mean() for f in feats.values())
             bare_opt.zero_grad()
             loss.backward()
@@ -109,6 +112,7 @@ def main() -> None:
         return best
 
     student.train()
+    bare_encoder.train()
     bare_epoch()  # warm-up of both paths (allocator, autotuning)
     stage2_epoch()
     results = []

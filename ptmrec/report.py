@@ -84,11 +84,14 @@ def plot(rows: list[dict], metric: str) -> bytes:
     bars.set_title("best-valid checkpoint of each stage")
     for i, v in enumerate(values):
         bars.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+    # Stage-2 curves start where stage 1's best epoch left off: that is the model they continue from.
+    offset = rows[0].get("best_epoch", 0) if rows and rows[0]["stage"] == "stage1" else 0
     for m, name in zip(rows, names):
         hist = [h for h in m.get("history", []) if f"valid/{metric}" in h]
+        shift = offset if m["stage"] != "stage1" and m.get("mode") != "joint" else 0
         if hist:
-            curves.plot([h["epoch"] for h in hist], [h[f"valid/{metric}"] for h in hist], marker=".", label=name)
-    curves.set_xlabel("epoch")
+            curves.plot([h["epoch"] + shift for h in hist], [h[f"valid/{metric}"] for h in hist], marker=".", label=name)
+    curves.set_xlabel("epoch (stage-2 epochs counted on from stage 1's best)")
     curves.set_ylabel(f"valid {metric}")
     curves.set_title("training curves")
     curves.legend(fontsize=8)

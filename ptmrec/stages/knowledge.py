@@ -181,7 +181,7 @@ def knowledge_worker(config: dict) -> None:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             global_step += 1
-            tracker.log({**{f"step/{k}": float(v) for k, v in parts.items()}, "step/loss": float(loss),
+            tracker.log({**{f"step/{k}": float(v) for k, v in parts.items()}, "step/loss": loss.item(),
                          "step/lr_adapter": engine.get_lr()[0],
                          "step/items_per_s": len(batch.item) * world_size / max(time.perf_counter() - t_step, 1e-9)},
                         step=global_step)
