@@ -60,6 +60,7 @@ def deepspeed_worker(config: dict) -> None:
     model = build_recommender_from_config(cfg, inter, None)
     engine, _, _, _ = deepspeed.initialize(model=model, config=config["ds_config"],
                                            model_parameters=[p for p in model.parameters() if p.requires_grad])
+    torch.set_num_threads(config["threads"])  # the same thread count as the plain loop
     times = []
     for epoch in range(config["epochs"]):
         t0 = time.perf_counter()
@@ -81,8 +82,9 @@ def ray_deepspeed_epochs(cfg, epochs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         times_file = os.path.join(tmp, "epoch_times.json")
         TorchTrainer(deepspeed_worker,
-                     train_loop_config={"cfg": cfg, "ds_config": ds, "epochs": epochs, "times_file": times_file},
-                     scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
+                     train_loop_config={"cfg": cfg, "ds_config": ds, "epochs": epochs, "times_file": times_file,
+                                            "threads": torch.get_num_threads()},
+                     scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
                      run_config=RunConfig(storage_path=tmp, name="bench")).fit()
         with open(times_file) as f:
             return json.load(f)
@@ -112,9 +114,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on both sides (inside Ray workers 2 threads on 2 busy cores "
+                             "oversubscribe badly; 1 is the fair, stable comparison)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         base = load_config(args.config, [f"data.uri={tmp}/data", "stage1.num_workers=1"])
