@@ -75,7 +75,14 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
                 storage.ensure_bucket(uri)
             env_vars.update(s3.env())
             log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
-        if address is None:
+        pending = []
+        for job in JOBS:
+            marker = join(cfg.data.uri if job.under_data else cfg.run.uri, job.done_marker)
+            if not force and storage.exists(marker):
+                print(f"== {job.name}: already done ({marker}); skipping (use --force to redo)", flush=True)
+            else:
+                pending.append(job)
+        if pending and address is None:  # nothing to submit: no cluster to start either
             cluster = stack.enter_context(LocalRayCluster(log_file=_head_log(cfg)))
             address = cluster.address
             python = sys.executable  # the local cluster runs from this environment
@@ -83,11 +90,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
         else:
             python = "python"
         os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
-        for job in JOBS:
-            marker = join(cfg.data.uri if job.under_data else cfg.run.uri, job.done_marker)
-            if not force and storage.exists(marker):
-                print(f"== {job.name}: already done ({marker}); skipping (use --force to redo)", flush=True)
-                continue
+        for job in pending:
             submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes)
     return {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json"))) for stage in ("stage1", "stage2")}
 
