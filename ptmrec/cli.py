@@ -230,7 +230,12 @@ def cmd_pipeline(args) -> int:
     from ptmrec.report import write_report
     from ptmrec.storage import Storage
 
+    import signal
+
     cfg = load_config(args.config, args.overrides)
+    # A terminated pipeline must still stop the Ray cluster and S3 server it started (they run in their
+    # own sessions): turn SIGTERM into an exit that unwinds the context managers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
     try:
         metrics = run_pipeline(cfg, args.config, args.overrides, address=args.address, force=args.force)
