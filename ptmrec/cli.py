@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -195,7 +196,7 @@ def cmd_sweep(args) -> int:
 
     load_config(args.config, args.overrides)  # fail on a bad config before Ray starts
     summary = run_sweep(args.config, args.overrides, progress=not args.quiet)
-    print(format_sweep(summary, summary["metric"]))
+    print(format_sweep(summary))
     best = summary["best"]
     key = summary["metric"].split("/", 1)[1]
     print(f"best trial {best['trial']}: valid {key} {best['valid'][key]:.4f} (selected), "
@@ -227,10 +228,6 @@ def cmd_report(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from ptmrec.pipeline import JobFailed, run_pipeline
-    from ptmrec.report import write_report
-    from ptmrec.storage import Storage
-
-    import signal
 
     cfg = load_config(args.config, args.overrides)
     # A terminated pipeline must still stop the Ray cluster and S3 server it started (they run in their
@@ -242,13 +239,13 @@ def cmd_pipeline(args) -> int:
     except JobFailed as exc:
         print(f"ptmrec pipeline: {exc}", file=sys.stderr)
         return exc.status
-    text = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
     print()
     print(format_metrics(metrics["stage1"], cfg.eval.ks))
     print(format_metrics(metrics["stage2"], cfg.eval.ks))
     print()
-    print(text or "")
-    print(f"report: {cfg.run.uri}/report.md and report.png; W&B runs (offline unless WANDB_API_KEY is set): ./wandb")
+    print(metrics["report"])
+    print(f"report: {cfg.run.uri}/report.md and report.png; "
+          f"W&B runs (offline unless WANDB_API_KEY is set): {cfg.tracking.dir}")
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s")
     return 0
 

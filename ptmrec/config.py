@@ -247,14 +247,10 @@ def resolve_local_paths(cfg: Config) -> None:
     """
     import os
 
-    def absolute(uri: str) -> str:
-        if "://" in uri and not uri.startswith("file://"):
-            return uri  # s3:// and other remote URIs
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return f"file://{os.path.abspath(os.path.expanduser(path))}"
+    from ptmrec.storage import absolute_uri  # storage imports this module: import at call time
 
-    cfg.run.uri = absolute(cfg.run.uri)
-    cfg.data.uri = absolute(cfg.data.uri)
+    cfg.run.uri = absolute_uri(cfg.run.uri)
+    cfg.data.uri = absolute_uri(cfg.data.uri)
     if cfg.data.path:
         cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
     cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
@@ -293,11 +289,6 @@ def pinned_overrides(cfg: Config) -> list[str]:
     pins = {"run.uri": cfg.run.uri, "data.uri": cfg.data.uri, "data.path": cfg.data.path,
             "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir}
     return [f"{k}={json.dumps(v)}" for k, v in pins.items() if v is not None]
-
-
-def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
-    """Validate an already-parsed config tree (e.g. the one a job received from the driver)."""
-    return from_dict(Config, raw, where=where)
 
 
 def apply_override(raw: dict[str, Any], item: str, where: str) -> None:

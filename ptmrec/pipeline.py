@@ -9,6 +9,7 @@ not submitted again unless `force`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ class JobFailed(RuntimeError):
 
 def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: Optional[str] = None,
                  force: bool = False) -> dict:
-    """Run the three jobs; returns {"stage1": metrics, "stage2": metrics}."""
+    """Run the three jobs; returns {"stage1": metrics, "stage2": metrics, "report": report.md's text}."""
     from ptmrec.runtime.local_ray import LocalRayCluster
     from ptmrec.runtime.local_s3 import LocalS3Server
 
@@ -70,7 +71,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             s3 = stack.enter_context(LocalS3Server())
             os.environ.update(s3.env())
             pinned.append(f"storage.endpoint_url={s3.endpoint_url}")
-            storage = Storage(cfg.storage.__class__(**{**cfg.storage.__dict__, "endpoint_url": s3.endpoint_url}))
+            storage = Storage(dataclasses.replace(cfg.storage, endpoint_url=s3.endpoint_url))
             for uri in (cfg.run.uri, cfg.data.uri):
                 storage.ensure_bucket(uri)
             env_vars.update(s3.env())
@@ -89,10 +90,13 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             log.info("started a local Ray cluster: job server %s (pid %d)", address, cluster.process.pid)
         else:
             python = "python"
-        os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
         for job in pending:
             submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes)
-    return {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json"))) for stage in ("stage1", "stage2")}
+        # Read while a local S3 server we started still holds the objects (stage 2 wrote the report).
+        out = {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json")))
+               for stage in ("stage1", "stage2")}
+        out["report"] = storage.read_text(join(cfg.run.uri, "report.md"))
+        return out
 
 
 def _head_log(cfg: Config) -> Optional[str]:

@@ -135,13 +135,14 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     for result in results:
         params = {k: result.config[k] for k in sw.space}
         cfg = trial_config(config_path, overrides, base, params, trial_name=result.metrics.get("trial_id", ""))
+        trial = {"trial": result.metrics.get("trial_id"), "params": params, "stage1": cfg.run.uri,
+                 "valid": {}, "test": {}, "best_epoch": None}
         try:
             m = read_metrics(storage, join(cfg.run.uri, cfg.stage2.output))
-            trials.append({"trial": result.metrics.get("trial_id"), "params": params, "valid": m["valid"],
-                           "test": m["test"], "best_epoch": m["best_epoch"], "stage1": cfg.run.uri})
+            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
         except StorageError:  # stopped by ASHA before its first epoch ended, or failed
-            trials.append({"trial": result.metrics.get("trial_id"), "params": params, "valid": {}, "test": {},
-                           "best_epoch": None, "stage1": cfg.run.uri, "error": str(result.error or "no metrics")})
+            trial["error"] = str(result.error or "no metrics")
+        trials.append(trial)
     finished = [t for t in trials if t["valid"]]
     if not finished:
         raise RuntimeError(f"sweep {sw.name}: no trial finished an epoch")
@@ -151,11 +152,11 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     return summary
 
 
-def format_sweep(summary: dict, metric: str) -> str:
-    key = metric.split("/", 1)[1]
+def format_sweep(summary: dict) -> str:
+    key = summary["metric"].split("/", 1)[1]
     rows = [f"{'trial':<14}{'valid ' + key:>16}{'test ' + key:>16}  params"]
     for t in summary["trials"]:
-        mark = "  <- best (by valid)" if t is summary["best"] or t["trial"] == summary["best"]["trial"] else ""
+        mark = "  <- best (by valid)" if t["trial"] == summary["best"]["trial"] else ""
         v, te = t["valid"].get(key), t["test"].get(key)
         rows.append(f"{str(t['trial']):<14}{(f'{v:.4f}' if v is not None else 'stopped'):>16}"
                     f"{(f'{te:.4f}' if te is not None else '-'):>16}  {json.dumps(t['params'])}{mark}")

@@ -124,8 +124,9 @@ def load_manifest(storage: Storage, data_uri: str) -> dict:
     return manifest
 
 
-def shard_urls(manifest: dict, data_uri: str, kind: str) -> list[str]:
-    return [join(data_uri, e["name"]) for e in manifest["shards"][kind]]
+def shard_hashes(manifest: dict, data_uri: str, kind: str) -> dict[str, str]:
+    """URL → sha256 of every shard of `kind` ("items" or "interactions"), in the manifest's order."""
+    return {join(data_uri, e["name"]): e["sha256"] for e in manifest["shards"][kind]}
 
 
 # ------------------------------------------------------------------------------------------ building

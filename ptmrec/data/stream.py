@@ -26,8 +26,8 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys
 
-from ptmrec.data.shards import load_manifest, shard_urls
-from ptmrec.storage import Storage, join
+from ptmrec.data.shards import load_manifest, shard_hashes
+from ptmrec.storage import Storage
 
 
 class ShardError(ValueError):
@@ -184,9 +184,8 @@ def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0) -> Iterable:
 def items_from_manifest(storage: Storage, data_uri: str, **kwargs) -> wds.DataPipeline:
     """`item_pipeline` over the item shards a manifest lists, with their hashes checked."""
     manifest = load_manifest(storage, data_uri)
-    urls = shard_urls(manifest, data_uri, "items")
-    sha = {join(data_uri, e["name"]): e["sha256"] for e in manifest["shards"]["items"]}
-    return item_pipeline(urls, storage, expected_sha256=sha, **kwargs)
+    sha = shard_hashes(manifest, data_uri, "items")
+    return item_pipeline(list(sha), storage, expected_sha256=sha, **kwargs)
 
 
 # ----------------------------------------------------------------------------------- interactions
@@ -207,9 +206,8 @@ class Interactions:
 def read_interactions(storage: Storage, data_uri: str) -> Interactions:
     """Read all interaction shards of a prepared data set (hash-checked) into memory."""
     manifest = load_manifest(storage, data_uri)
-    sha = {join(data_uri, e["name"]): e["sha256"] for e in manifest["shards"]["interactions"]}
-    urls = shard_urls(manifest, data_uri, "interactions")
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), open_shards(storage, sha), group_by_keys)
+    sha = shard_hashes(manifest, data_uri, "interactions")
+    pipeline = wds.DataPipeline(wds.SimpleShardList(list(sha)), open_shards(storage, sha), group_by_keys)
     tu, ti, valid, test = [], [], {}, {}
     seen = 0
     for sample in pipeline:

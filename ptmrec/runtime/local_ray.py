@@ -7,7 +7,6 @@ GCS, raylet and dashboard it spawned, and nothing else on the machine (unlike `r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ptmrec.runtime.local_s3 import free_port
+from ptmrec.runtime.local_s3 import free_port, stop_process
 
 
 class LocalRayCluster:
@@ -88,14 +87,7 @@ class LocalRayCluster:
         return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process(self.process, timeout_s=30, group=True)
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()

@@ -26,6 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: Optional[subprocess.Popen], timeout_s: float, group: bool = False) -> None:
+    """SIGTERM a server we started (its whole process group with `group`), SIGKILL after `timeout_s`."""
+    if process is None or process.poll() is not None:
+        return
+    kill = os.killpg if group else os.kill
+    kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class LocalS3Server:
     """Start with `start()` (or `with LocalS3Server() as s3:`); `endpoint_url` and `env()` say how to reach it.
 
@@ -81,21 +94,10 @@ class LocalS3Server:
         raise RuntimeError(f"local S3 server did not answer on {self.endpoint_url} within {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process(self.process, timeout_s=10)
 
     def __enter__(self) -> "LocalS3Server":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def is_local_endpoint(url: Optional[str]) -> bool:
-    return bool(url) and ("//127.0.0.1" in url or "//localhost" in url)

@@ -165,7 +165,3 @@ def finish_distributed() -> None:
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -76,12 +76,6 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int],
     return out
 
 
-def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in module.parameters())
-
-
 def peak_memory() -> tuple[float, str]:
     """(peak MB, kind): GPU memory allocated by torch when on a GPU, else this process's peak RSS."""
     import resource

@@ -33,8 +33,7 @@ def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
         features = load_features(storage, stage1["features_uri"]) if stage1["features_uri"] else None
         weights = stage1["state_dict"]
     else:
-        adapted = [name for name in storage.list(join(cfg.run.uri, stage)) if name == "recommender.pt"]
-        if not adapted:
+        if not storage.exists(join(stage_uri, "recommender.pt")):
             raise ValueError(f"{stage_uri}: no recommender.pt")
         weights = load_torch(storage, join(stage_uri, "recommender.pt"))["state_dict"]
         features = _adapted_features(storage, cfg, stage)
@@ -50,5 +49,6 @@ def _adapted_features(storage: Storage, cfg: Config, stage: str):
     from ptmrec.data.shards import load_manifest
     from ptmrec.stages.features import feature_dir
 
-    kind = "adapted-" + stage.replace("/", "-")  # as knowledge.adapted_kind names it
-    return load_features(storage, feature_dir(cfg, load_manifest(storage, cfg.data.uri), kind=kind))
+    from ptmrec.stages.knowledge import adapted_kind
+
+    return load_features(storage, feature_dir(cfg, load_manifest(storage, cfg.data.uri), kind=adapted_kind(stage)))

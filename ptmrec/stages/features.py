@@ -132,15 +132,13 @@ def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: floa
 
 
 def _progress_bar(enabled: bool, rank: int, total: Optional[int]):
-    try:
-        import ray
+    """Inside Ray, Ray's tqdm (bars of every task drawn together on the driver); else a plain one."""
+    import ray
 
-        if enabled and ray.is_initialized():
-            from ray.experimental.tqdm_ray import tqdm
+    if enabled and ray.is_initialized():
+        from ray.experimental.tqdm_ray import tqdm
 
-            return tqdm(total=total, desc=f"encode items (rank {rank})", unit="item")
-    except ImportError:  # pragma: no cover
-        pass
+        return tqdm(total=total, desc=f"encode items (rank {rank})", unit="item")
     from tqdm import tqdm as plain
 
     return plain(total=total, desc=f"encode items (rank {rank})", unit="item", disable=not enabled)

@@ -15,11 +15,9 @@ stage: adapters + a fresh recommender, BPR only) and `full_finetune` (every enco
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,13 +28,14 @@ from ptmrec.data.shards import load_manifest
 from ptmrec.data.stream import items_from_manifest, read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.report import write_report
+from ptmrec.encoders.adapters import count_parameters
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, count_parameters, evaluate_distributed,
+from ptmrec.stages.common import (build_recommender_from_config, evaluate_distributed,
                                   load_torch, peak_memory, read_metrics, save_torch, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
-from ptmrec.stages.recommendation import TrainState
+from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
 from ptmrec.storage import Storage, join
 
@@ -51,9 +50,10 @@ def stage_dir(mode: str, output: Optional[str] = None) -> str:
     return "stage2" if mode == "ptmrec" else f"stage2-{mode}"
 
 
-def adapted_kind(cfg: Config) -> str:
-    """The features folder kind of this stage 2's adapted features (features/<kind>/...)."""
-    return "adapted-" + stage_dir(cfg.stage2.mode, cfg.stage2.output).replace("/", "-")
+def adapted_kind(stage_folder: str) -> str:
+    """The features folder kind (features/<kind>/...) of the adapted features of the stage-2 folder
+    `stage_folder` ("stage2", "stage2-no_kt", "trials/<id>")."""
+    return "adapted-" + stage_folder.replace("/", "-")
 
 
 def effective_settings(cfg: Config) -> dict:
@@ -116,7 +116,7 @@ def knowledge_worker(config: dict) -> None:
     import deepspeed
 
     from ptmrec.encoders import build_encoder
-    from ptmrec.encoders.adapters import adapter_options, adapter_state_dict, apply_adapter, count_parameters as enc_params
+    from ptmrec.encoders.adapters import adapter_options, adapter_state_dict, apply_adapter
 
     cfg: Config = config["cfg"]
     settings, sc = config["settings"], cfg.stage2
@@ -139,7 +139,7 @@ def knowledge_worker(config: dict) -> None:
     encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
                             max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
     encoder = apply_adapter(encoder, settings["adapter"], **adapter_options(sc.adapter, settings["adapter"]))
-    encoder_trainable, encoder_total = enc_params(encoder)
+    encoder_trainable, encoder_total = count_parameters(encoder)
     student = Student(encoder, recommender, teacher["user"], teacher["item"], settings["kt_weight"],
                       sc.kt.temperature, sc.kt.variant)
     groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": sc.lr},
@@ -151,7 +151,7 @@ def knowledge_worker(config: dict) -> None:
     state, best = TrainState(), None  # best: rank 0's copy of the best epoch's adapters, recommender, features
     with ray_train.latest_checkpoint() as restored:
         if restored is not None:
-            state, best = _restore(engine, restored, rank)
+            state, best = restore_checkpoint(engine, restored, rank, exclude_frozen=True)
             log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)
 
     out = stage_dir(sc.mode, sc.output)
@@ -196,15 +196,10 @@ def knowledge_worker(config: dict) -> None:
         eval_model = build_recommender_from_config(cfg, inter, adapted)
         eval_model.load_state_dict(_recommender_weights(recommender), strict=False)
         result = evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
-        score = result["valid"][cfg.eval.metric]
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch, state.bad_evals, state.best = score, state.epoch, 0, result
-            if rank == 0:
-                best = {"adapter": adapter_state_dict(encoder), "features": {m: f.clone() for m, f in adapted.items()},
-                        "recommender": copy.deepcopy(_recommender_weights(recommender))}
-        else:
-            state.bad_evals += 1
+        improved = state.observe(result, cfg.eval.metric)
+        if improved and rank == 0:
+            best = {"adapter": adapter_state_dict(encoder), "features": {m: f.clone() for m, f in adapted.items()},
+                    "recommender": copy.deepcopy(_recommender_weights(recommender))}
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
                   **{f"valid/{k}": v for k, v in result["valid"].items()},
                   **{f"test/{k}": v for k, v in result["test"].items()}}
@@ -213,10 +208,11 @@ def knowledge_worker(config: dict) -> None:
         if rank == 0:
             log.info("epoch %d: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s", state.epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
-                     config["steps"] * sc.items_per_step * world_size / max(epoch_s, 1e-9), cfg.eval.metric, score,
+                     config["steps"] * sc.items_per_step * world_size / max(epoch_s, 1e-9), cfg.eval.metric, result["valid"][cfg.eval.metric],
                      cfg.eval.metric, result["test"][cfg.eval.metric], " *best*" if improved else "")
         with ray_train.checkpoint_dir() as ckpt:
-            _save_checkpoint(engine, state, ckpt, rank, best)
+            # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
+            save_checkpoint(engine, state, ckpt, rank, best, exclude_frozen=True)
             ray_train.report(record, checkpoint_dir=ckpt)
         if state.bad_evals >= sc.patience:
             break
@@ -261,23 +257,6 @@ def _recommender_weights(recommender) -> dict:
     return {k: v for k, v in recommender.state_dict().items() if not k.startswith(tuple(prefixes))}
 
 
-def _save_checkpoint(engine, state: TrainState, directory: str, rank: int, best: Optional[dict]) -> None:
-    # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
-    engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag="step", exclude_frozen_parameters=True)
-    if rank == 0:
-        ray_train.write_json(Path(directory) / "state.json", asdict(state))
-        if best is not None:
-            torch.save(best, Path(directory) / "best.pt")
-
-
-def _restore(engine, directory: Path, rank: int) -> tuple[TrainState, Optional[dict]]:
-    engine.load_checkpoint(str(directory / "deepspeed"), tag="step", load_module_strict=False)
-    state = TrainState(**json.loads((directory / "state.json").read_text()))
-    state.resumed_from_epoch = state.epoch
-    path = directory / "best.pt"
-    return state, (torch.load(path, map_location="cpu", weights_only=False) if rank == 0 and path.is_file() else None)
-
-
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,
                   best: Optional[dict], params: dict, wall_s: float, items_per_s: float) -> None:
     name = stage_dir(cfg.stage2.mode, cfg.stage2.output)
@@ -287,7 +266,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
                                                       "options": asdict(cfg.stage2.adapter), "state": best["adapter"]})
         save_torch(storage, join(out, "recommender.pt"), {"recommender": cfg.recommender.name,
                                                           "state_dict": best["recommender"]})
-        features_uri = feature_dir(cfg, manifest, kind=adapted_kind(cfg))
+        features_uri = feature_dir(cfg, manifest, kind=adapted_kind(name))
         save_features(storage, features_uri, {m: f.numpy() for m, f in best["features"].items()},
                       {"encoder": cfg.encoder.name, "adapter": settings["adapter"], "epoch": state.best_epoch})
     peak_mb, memory_kind = peak_memory()

@@ -12,11 +12,9 @@ Outputs in `<run uri>/stage1/`: `model.pt` (the best model's weights and how to 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -25,30 +23,19 @@ from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest
 from ptmrec.data.stream import read_interactions
 from ptmrec.recommenders import get_recommender_class
+from ptmrec.encoders.adapters import count_parameters
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, count_parameters, epoch_triples,
+from ptmrec.stages.common import (build_recommender_from_config, epoch_triples,
                                   evaluate_distributed, peak_memory, read_metrics, save_torch, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
+from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.storage import Storage, join
 
 log = logging.getLogger("ptmrec.stage1")
 
 STAGE = "stage1"
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint restores besides the DeepSpeed engine."""
-
-    epoch: int = 0  # epochs completed
-    best_score: float = float("-inf")
-    best_epoch: int = -1
-    bad_evals: int = 0  # evaluations since the last improvement
-    best: dict = field(default_factory=dict)  # {"valid": {...}, "test": {...}} at best_epoch
-    history: list = field(default_factory=list)
-    resumed_from_epoch: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -104,7 +91,7 @@ def recommendation_worker(config: dict) -> None:
     state, best_weights = TrainState(), None  # best_weights: rank 0's copy of the best epoch's model
     with ray_train.latest_checkpoint() as restored:
         if restored is not None:
-            state, best_weights = _restore(engine, restored, rank)
+            state, best_weights = restore_checkpoint(engine, restored, rank)
             log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)
 
     tracker = Tracker(cfg, STAGE, rank)
@@ -128,14 +115,9 @@ def recommendation_worker(config: dict) -> None:
             ray_train.report(record)
             continue
         result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
-        score = result["valid"][cfg.eval.metric]
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch, state.bad_evals, state.best = score, state.epoch, 0, result
-            if rank == 0:
-                best_weights = copy.deepcopy(model.state_dict())
-        else:
-            state.bad_evals += 1
+        improved = state.observe(result, cfg.eval.metric)
+        if improved and rank == 0:
+            best_weights = copy.deepcopy(model.state_dict())
         record.update({f"valid/{k}": v for k, v in result["valid"].items()})
         record.update({f"test/{k}": v for k, v in result["test"].items()})
         state.history.append(record)
@@ -144,10 +126,10 @@ def recommendation_worker(config: dict) -> None:
         if rank == 0:
             log.info("epoch %d: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s", state.epoch,
                      sum(parts.values()), ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), epoch_s,
-                     cfg.eval.metric, score, cfg.eval.metric, result["test"][cfg.eval.metric],
+                     cfg.eval.metric, result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
                      " *best*" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})")
         with ray_train.checkpoint_dir() as ckpt:
-            _save_checkpoint(engine, state, ckpt, rank, best_weights)
+            save_checkpoint(engine, state, ckpt, rank, best_weights)
             ray_train.report(record, checkpoint_dir=ckpt)
         if stop:
             if rank == 0:
@@ -185,25 +167,6 @@ def _train_epoch(engine, model, inter, epoch: int, seed: int, micro: int, rank: 
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(n_steps, 1) for k, v in sums.items()}
-
-
-def _save_checkpoint(engine, state: TrainState, directory: str, rank: int, best_weights) -> None:
-    # Every rank saves its DeepSpeed shard (optimizer partitions under ZeRO); Ray merges the ranks' files.
-    engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag="step")
-    if rank == 0:
-        ray_train.write_json(Path(directory) / "state.json", asdict(state))
-        # Every checkpoint carries the best weights: older checkpoints are pruned (checkpoints_to_keep).
-        if best_weights is not None:
-            torch.save(best_weights, Path(directory) / "best.pt")
-
-
-def _restore(engine, directory: Path, rank: int) -> tuple[TrainState, Optional[dict]]:
-    engine.load_checkpoint(str(directory / "deepspeed"), tag="step")
-    state = TrainState(**json.loads((directory / "state.json").read_text()))
-    state.resumed_from_epoch = state.epoch
-    best = directory / "best.pt"
-    best_weights = torch.load(best, map_location="cpu") if rank == 0 and best.is_file() else None
-    return state, best_weights
 
 
 def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[dict], inter, state: TrainState,

@@ -104,15 +104,17 @@ class Student(nn.Module):
         rows = torch.arange(len(pairs.users), device=items.device)
         scores = self.recommender.score_with_features(pairs.users, items, features)  # [P, n]
         parts = {"bpr": bpr_loss(scores[rows, pairs.pos], scores[rows, pairs.neg])}
-        modality_scores = self.recommender.modality_scores(pairs.users, items, features)
-        modality_bpr = [bpr_loss(s[rows, pairs.pos], s[rows, pairs.neg]) for s in modality_scores.values()]
+        # The modality scores serve the modality BPR and KT alike: computed once per distinct user (for
+        # graph models each call propagates the whole graph), then expanded to the triples' rows.
+        users, row_of = torch.unique(pairs.users, return_inverse=True)
+        modality_scores = self.recommender.modality_scores(users, items, features)  # {m: [U, n]}
+        modality_bpr = [bpr_loss(s[row_of, pairs.pos], s[row_of, pairs.neg]) for s in modality_scores.values()]
         parts["bpr_modality"] = torch.stack(modality_bpr).mean()
         if self.kt_weight > 0:
             if self.kt_variant == "user_item":
                 # KT over the chunk's items, once per distinct user (a user with two positives counts once).
-                users = torch.unique(pairs.users)
                 teacher = self.teacher_user[users] @ self.teacher_item[items].T
-                kt = user_item_kt(teacher, self.recommender.modality_scores(users, items, features), self.temperature)
+                kt = user_item_kt(teacher, modality_scores, self.temperature)
             else:
                 kt = item_item_kt(self.teacher_item[items], features, self.temperature)
             for m, value in kt.items():
