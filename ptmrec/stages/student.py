@@ -54,11 +54,16 @@ class ItemUserIndex:
         # rare user who interacted with the whole chunk keeps a (harmless) positive-as-negative draw.
         neg = rng.integers(0, len(chunk), size=len(users))
         for _ in range(4):
-            bad = np.isin(users * self.num_items + chunk[neg], self.positive_keys, assume_unique=False)
+            bad = self._is_positive(users * self.num_items + chunk[neg])
             if not bad.any():
                 break
             neg[bad] = rng.integers(0, len(chunk), size=int(bad.sum()))
         return ChunkPairs(torch.from_numpy(users), torch.from_numpy(positions), torch.from_numpy(neg))
+
+    def _is_positive(self, keys: np.ndarray) -> np.ndarray:
+        # A binary search in the sorted keys: np.isin would re-sort all training pairs on every step.
+        at = np.minimum(np.searchsorted(self.positive_keys, keys), len(self.positive_keys) - 1)
+        return self.positive_keys[at] == keys
 
 
 class Student(nn.Module):
