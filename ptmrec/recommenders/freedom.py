@@ -35,6 +35,7 @@ from ptmrec.recommenders.graphs import (
     item_knn_graph,
     knn_neighbours,
     normalized_adjacency,
+    sparse_mm,
     symmetric_adjacency,
     unique_pairs,
 )
@@ -148,7 +149,7 @@ class FREEDOM(Recommender):
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
         layers = [ego]
         for _ in range(self.n_ui_layers):
-            layers.append(torch.sparse.mm(adj, layers[-1]))
+            layers.append(sparse_mm(adj, layers[-1]))
         final = torch.stack(layers).mean(0)
         return final[: self.num_users], final[self.num_users :]
 
@@ -156,7 +157,7 @@ class FREEDOM(Recommender):
         """Item ID embeddings propagated n_layers times over the item-item graph: [I, D]."""
         h = self.item_id_embedding.weight
         for _ in range(n_layers):
-            h = torch.sparse.mm(self.mm_adj, h)
+            h = sparse_mm(self.mm_adj, h)
         return h
 
     def _propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

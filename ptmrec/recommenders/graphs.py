@@ -68,6 +68,13 @@ def normalized_adjacency(users: np.ndarray, items: np.ndarray, num_users: int, n
     return symmetric_adjacency(u, i, bipartite_edge_weights(u, i, num_users, num_items), num_users, num_items)
 
 
+def sparse_mm(adj: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """adj @ dense in float32. CUDA has no bf16 sparse matmul, and under stage 2's bf16 autocast
+    torch.sparse.mm would get bf16 inputs; graph propagation stays in float32 instead."""
+    with torch.autocast(dense.device.type, enabled=False):
+        return torch.sparse.mm(adj, dense.float())
+
+
 def knn_neighbours(
     queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_rows: int = 4096
 ) -> torch.Tensor:

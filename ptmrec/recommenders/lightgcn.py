@@ -9,7 +9,7 @@ from torch import nn
 
 from ptmrec.losses import bpr_loss, l2_reg
 from ptmrec.recommenders.base import Recommender, TrainInteractions
-from ptmrec.recommenders.graphs import normalized_adjacency
+from ptmrec.recommenders.graphs import normalized_adjacency, sparse_mm
 
 
 class LightGCN(Recommender):
@@ -48,7 +48,7 @@ class LightGCN(Recommender):
         ego = torch.cat([self.user_embedding, self.item_embedding])
         layers = [ego]
         for _ in range(self.n_layers):
-            layers.append(torch.sparse.mm(self.norm_adj, layers[-1]))
+            layers.append(sparse_mm(self.norm_adj, layers[-1]))
         final = torch.stack(layers).mean(0)
         return final[: self.num_users], final[self.num_users :]
 

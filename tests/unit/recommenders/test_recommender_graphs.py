@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmrec.recommenders.graphs import item_knn_graph, knn_neighbours, normalized_adjacency, unique_pairs
+from ptmrec.recommenders.graphs import item_knn_graph, knn_neighbours, normalized_adjacency, sparse_mm, unique_pairs
 
 
 def test_normalized_adjacency_matches_dense_formula():
@@ -40,3 +40,13 @@ def test_item_graph_rows_are_weighted_means():
     torch.testing.assert_close(graph.sum(1), torch.ones(3))
     # item 0: image neighbours {0, 1} and text {0, 2}, each a mean over k = 2
     torch.testing.assert_close(graph[0], torch.tensor([0.125 + 0.375, 0.125, 0.375]))
+
+
+def test_sparse_mm_stays_float32_under_bf16():
+    # CUDA has no bf16 sparse matmul: propagation must run in float32 whatever autocast or inputs say.
+    adj = normalized_adjacency(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 2)
+    dense = torch.randn(4, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sparse_mm(adj, dense.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.sparse.mm(adj, dense.bfloat16().float()))
