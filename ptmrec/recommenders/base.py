@@ -50,6 +50,10 @@ class Recommender(nn.Module):
         self.num_users = int(num_users)
         self.num_items = int(num_items)
 
+    def weights_without_features(self) -> dict[str, torch.Tensor]:
+        """The state dict minus feature tables: what a copy rebuilt on other (adapted) features loads."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.feature_state_prefixes)}
+
     # -- training ----------------------------------------------------------------------------------------
 
     def loss(

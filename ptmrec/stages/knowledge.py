@@ -194,12 +194,12 @@ def knowledge_worker(config: dict) -> None:
         # --- evaluate exactly as stage 1, on the catalogue re-encoded by the adapted encoder
         adapted = _encode_catalogue(cfg, encoder, inter.num_items, rank, world_size)
         eval_model = build_recommender_from_config(cfg, inter, adapted)
-        eval_model.load_state_dict(_recommender_weights(recommender), strict=False)
+        eval_model.load_state_dict(recommender.weights_without_features(), strict=False)
         result = evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
         improved = state.observe(result, cfg.eval.metric)
         if improved and rank == 0:
             best = {"adapter": adapter_state_dict(encoder), "features": {m: f.clone() for m, f in adapted.items()},
-                    "recommender": copy.deepcopy(_recommender_weights(recommender))}
+                    "recommender": copy.deepcopy(recommender.weights_without_features())}
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
                   **{f"valid/{k}": v for k, v in result["valid"].items()},
                   **{f"test/{k}": v for k, v in result["test"].items()}}
@@ -248,13 +248,6 @@ def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_siz
         for m, array in part_feats.items():
             out.setdefault(m, torch.zeros(num_items, array.shape[1]))[torch.from_numpy(part_ids)] = torch.from_numpy(array)
     return out
-
-
-def _recommender_weights(recommender) -> dict:
-    """The student's weights without feature tables (FREEDOM's trainable copy of the frozen features):
-    evaluation must see the adapted features, not the stage-1 tables."""
-    prefixes = getattr(recommender, "feature_state_prefixes", ())
-    return {k: v for k, v in recommender.state_dict().items() if not k.startswith(tuple(prefixes))}
 
 
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,
