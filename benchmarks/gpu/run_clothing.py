@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from ptmrec.runtime.local_s3 import stop_process  # noqa: E402  (stdlib only: runs on the bare GPU machine)
 MAIN_RUNS = ["ptmrec", "no_kt", "joint", "ptmrec:adapter_lr=0.01"]
 # The settings search rides along on seed 1 of each recommender: what might move ptmrec above frozen.
 SEARCH_RUNS = ["ptmrec:kt_weight=10", "ptmrec:temperature=0.5", "ptmrec:adapter=lora", "ptmrec:prompt_length=16,adapter_lr=0.01"]
@@ -53,12 +55,7 @@ def wait(procs, deadline: float) -> None:
     for job, p, _ in procs:
         if p.poll() is None:
             print(f"deadline: stopping {job['recommender']} seed {job['seed']} {job['tag']}", flush=True)
-            os.killpg(p.pid, signal.SIGTERM)
-    for _, p, _ in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            stop_process(p, timeout_s=10, group=True)
 
 
 def table(results: list[dict]) -> str:
@@ -100,8 +97,9 @@ def merge(work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=".gpu_carry/clothing")
-    p.add_argument("--minilm", default=".gpu_carry/minilm")
+    p.add_argument("--data", default=".gpu_carry/clothing",
+                   help="MMRec folder with clothing.inter and clothing_item_text.tsv (here: ../shared/data/amazon-clothing)")
+    p.add_argument("--minilm", default=".gpu_carry/minilm", help="folder of the bundled MiniLM weights and tokenizer")
     p.add_argument("--deadline", type=float, default=480, help="seconds until unfinished processes are stopped")
     p.add_argument("--threads", type=int, default=2, help="OpenMP threads per process")
     p.add_argument("--plan", help="JSON file: a list of {recommender, seed, tag, runs}; default: the built-in plan")

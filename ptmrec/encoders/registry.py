@@ -8,11 +8,11 @@ weights only when called, which keeps ``import ptmrec.encoders`` light.
 
 from __future__ import annotations
 
-from ptmrec.registry import registrar
-
 import inspect
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ptmrec.registry import registrar
 
 if TYPE_CHECKING:
     from ptmrec.encoders.base import TwoTowerEncoder

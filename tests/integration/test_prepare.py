@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-
 from ptmrec.cli import main
 from ptmrec.config import load_config
 from ptmrec.data.prepare import prepare

@@ -12,8 +12,6 @@ everything else before. Builders import their heavy dependencies (peft) only whe
 
 from __future__ import annotations
 
-from ptmrec.registry import registrar
-
 import dataclasses
 import inspect
 import logging
@@ -23,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
+
+from ptmrec.registry import registrar
 
 if TYPE_CHECKING:
     from ptmrec.encoders.base import TwoTowerEncoder
