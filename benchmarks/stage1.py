@@ -23,9 +23,9 @@ from ptmrec.config import load_config
 from ptmrec.data.prepare import prepare
 from ptmrec.data.stream import read_interactions
 from ptmrec.runtime import ray_train
-from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.stages.common import build_recommender_from_config, epoch_triples, evaluate_distributed
-from ptmrec.stages.recommendation import _train_epoch
+from ptmrec.stages.recommendation import train_epoch
 from ptmrec.storage import Storage
 
 
@@ -52,19 +52,17 @@ def plain_epochs(cfg, inter, epochs: int) -> list[float]:
 
 def deepspeed_worker(config: dict) -> None:
     """One Ray Train worker running the stage-1 training epochs (no evaluation), timing each."""
-    import deepspeed
-
     cfg = config["cfg"]
     torch.manual_seed(cfg.run.seed)
     inter = read_interactions(Storage(cfg.storage), cfg.data.uri)
     model = build_recommender_from_config(cfg, inter, None)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=config["ds_config"],
-                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
+    engine = initialize_engine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
+                               config["ds_config"])
     torch.set_num_threads(config["threads"])  # the same thread count as the plain loop
     times = []
     for epoch in range(config["epochs"]):
         t0 = time.perf_counter()
-        _train_epoch(engine, model, inter, epoch, cfg.run.seed, config["ds_config"]["train_micro_batch_size_per_gpu"], 0, 1)
+        train_epoch(engine, model, inter, epoch, cfg.run.seed, config["ds_config"]["train_micro_batch_size_per_gpu"], 0, 1)
         times.append(time.perf_counter() - t0)
         ray_train.report({"epoch_s": times[-1]})
     with open(config["times_file"], "w") as f:  # same machine: the driver reads it after fit()

@@ -1,6 +1,8 @@
-"""Stage-2 step overhead: items/s of full knowledge-guided training steps (DeepSpeed engine, pair sampling,
-tokenization, student recommender scores, BPR + KT) against a bare forward + backward + optimizer step of
-the same adapted encoder on the same items, measured side by side in one run. Target ratio <= 1.25.
+"""Stage-2 step overhead: items/s of the job's own training step (`ptmrec.stages.knowledge.train_step`:
+pair sampling, host→device copy, the student's BPR + KT through the DeepSpeed engine) against a bare
+forward + backward + optimizer step of the same adapted encoder on the same items, side by side in one
+run. Both sides get the same ready batches (decoded, uint8 pixels, tokenised), as the loader processes
+hand them over. Target ratio (bare / stage-2) <= 1.25.
 
     .venv/bin/python benchmarks/stage2.py [--encoder bundled] [--adapter prompt] [--items 256] [--device cpu|cuda]
 """
@@ -36,20 +38,27 @@ def main() -> None:
     os.environ.update(HF_HUB_OFFLINE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
 
-    import deepspeed
-
-    from ptmrec.config import AdapterConfig
+    from ptmrec.config import load_config
     from ptmrec.data.sources.synthetic import make_synthetic
+    from ptmrec.data.stream import ItemBatch
     from ptmrec.encoders import build_encoder
     from ptmrec.encoders.adapters import adapter_options, apply_adapter
     from ptmrec.recommenders import build_recommender
-    from ptmrec.stages.student import ItemUserIndex, Student
+    from ptmrec.runtime.device import encoder_autocast, synchronize
+    from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+    from ptmrec.stages.knowledge import effective_settings, make_student, stage2_engine, train_step
+    from ptmrec.stages.student import ItemUserIndex
 
     device = torch.device(args.device)
+    cfg = load_config("configs/smoke.yaml", [f"encoder.name={args.encoder}", f"encoder.image_size={args.image_size}",
+                                             "encoder.max_text_len=32", f"stage2.adapter.name={args.adapter}",
+                                             f"stage2.items_per_step={args.items_per_step}", "stage2.pairs_per_step=512",
+                                             "stage2.adapter.prompt_length=4", "stage2.lr=1e-4"])
+    settings = effective_settings(cfg)
     data = make_synthetic(num_users=400, num_items=args.items, seed=0)
     train = data.splits == 0
     encoder = build_encoder(args.encoder, image_size=args.image_size, max_text_len=32)
-    encoder = apply_adapter(encoder, args.adapter, **adapter_options(AdapterConfig(name=args.adapter), args.adapter))
+    encoder = apply_adapter(encoder, args.adapter, **adapter_options(cfg.stage2.adapter, args.adapter))
     images = [data.item_image(i) for i in range(args.items)]
     texts = data.item_texts
     with torch.no_grad():
@@ -58,43 +67,36 @@ def main() -> None:
     recommender = build_recommender("vbpr", num_users=data.num_users, num_items=args.items,
                                     train_interactions=(data.users[train], data.items[train]), features=frozen)
     user_repr, item_repr = (t.detach() for t in recommender())
-    student = Student(encoder, recommender, user_repr, item_repr, kt_weight=1.0, temperature=1.0,
-                      kt_variant="user_item").to(device)
-    chunks = [np.arange(lo, min(lo + args.items_per_step, args.items)) for lo in range(0, args.items, args.items_per_step)]
-    pixels = [encoder.preprocess_images([images[i] for i in c]) for c in chunks]  # decoded once, as the stream does
+    student = make_student(cfg, settings, encoder, recommender, user_repr, item_repr)
+    # Ready batches, as the loader processes hand them over (uint8 pixels, token ids).
+    tokenize = encoder.text_tokenizer()
+    batches = [ItemBatch(item=torch.arange(lo, min(lo + args.items_per_step, args.items)),
+                         text=texts[lo:lo + args.items_per_step], tokens=tokenize(texts[lo:lo + args.items_per_step]),
+                         image=encoder.image_transform.pixels(images[lo:lo + args.items_per_step]))
+               for lo in range(0, args.items, args.items_per_step)]
+    if device.type == "cuda":
+        batches = [b.pin_memory() for b in batches]
 
     # The bare loop trains its own copy: DeepSpeed's ZeRO hooks own the engine's parameters' gradients.
     bare_encoder = copy.deepcopy(encoder).to(device)
-    adapter_params = [p for p in encoder.parameters() if p.requires_grad]
-    ds_config = {"train_micro_batch_size_per_gpu": args.items_per_step, "gradient_accumulation_steps": 1,
-                 "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-                 "zero_optimization": {"stage": 2}, "bf16": {"enabled": device.type == "cuda"},
-                 "steps_per_print": 10**9}
-    groups = [{"params": adapter_params}, {"params": [p for p in recommender.parameters() if p.requires_grad], "lr": 1e-5}]
-    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=groups, config=ds_config)
+    ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=args.items_per_step, num_workers=1,
+                                lr=cfg.stage2.lr, zero_stage=2)
+    engine = stage2_engine(student, cfg, settings, ds_config, device)
     index = ItemUserIndex(data.users[train], data.items[train], args.items)
     rng = np.random.default_rng(0)
 
     def stage2_epoch() -> None:
-        for chunk, px in zip(chunks, pixels):
-            items = torch.from_numpy(chunk).to(device)
-            pairs = index.sample(chunk, 512, rng)
-            if pairs is not None:
-                pairs.users, pairs.pos, pairs.neg = (t.to(device) for t in (pairs.users, pairs.pos, pairs.neg))
-            tokens = {k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in chunk]).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, _ = engine(items, pairs, tokens, px.to(device))
-            engine.backward(loss)
-            engine.step()
+        for batch in batches:
+            train_step(engine, batch, index, cfg.stage2.pairs_per_step, rng, device)
 
-    tokens_pre = [{k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in c]).items()} for c in chunks]
-    bare_opt = torch.optim.AdamW([p for p in bare_encoder.parameters() if p.requires_grad], lr=1e-4)
+    bare_opt = torch.optim.Adam([p for p in bare_encoder.parameters() if p.requires_grad], lr=cfg.stage2.lr)
 
     def bare_epoch() -> None:
-        for toks, px in zip(tokens_pre, pixels):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                feats = {"text": bare_encoder.encode_text(**toks), "image": bare_encoder.encode_image(px.to(device))}
-                loss = sum(f.float().pow(2).mean() for f in feats.values())
+        for batch in batches:
+            batch = batch.to(device)
+            with encoder_autocast(device, cfg.encoder.precision):
+                feats = {"text": bare_encoder.encode_text(**batch.tokens), "image": bare_encoder.encode_image(batch.image)}
+            loss = sum(f.float().pow(2).mean() for f in feats.values())
             bare_opt.zero_grad()
             loss.backward()
             bare_opt.step()
@@ -102,12 +104,10 @@ def main() -> None:
     def items_per_s(fn) -> float:
         best = 0.0
         for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             best = max(best, args.items / (time.perf_counter() - t0))
         return best
 
@@ -119,7 +119,7 @@ def main() -> None:
     for _ in range(2):  # interleaved, so machine noise hits both alike
         results.append((items_per_s(bare_epoch), items_per_s(stage2_epoch)))
     bare, full = max(r[0] for r in results), max(r[1] for r in results)
-    trainable = sum(p.numel() for p in adapter_params)
+    trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     total = sum(p.numel() for p in encoder.parameters())
     print(f"device {device}, encoder {args.encoder} + {args.adapter} ({trainable:,} of {total:,} weights train, "
           f"{100 * trainable / total:.3f} %), {args.items} items, {args.items_per_step} per step, "

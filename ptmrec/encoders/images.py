@@ -3,6 +3,8 @@
 torchvision does not import beside the CPU torch build we pin, and transformers' default
 ``CLIPImageProcessor`` needs it, so every image tower shares these few steps instead:
 convert to RGB -> resize the short side (bicubic) -> center crop -> scale to [0, 1] -> normalize.
+The first three run on the host (``ImageTransform.pixels``: uint8, in DataLoader workers), the
+last two wherever the pixels are (``ImageTransform.normalize``, on the accelerator in training).
 The rounding follows transformers' ``CLIPImageProcessorPil`` so that CLIP sees exactly the
 pixels it would see through Hugging Face (a unit test checks this).
 """
@@ -41,17 +43,27 @@ class ImageTransform:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images of any size and mode -> float32 tensor [B, 3, size, size]."""
-        if len(images) == 0:
-            return torch.empty(0, 3, self.size, self.size)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
-        batch = np.empty((len(images), 3, self.size, self.size), dtype=np.float32)
+        """PIL images of any size and mode -> float32 tensor [B, 3, size, size] (``normalize(pixels(images))``)."""
+        return self.normalize(self.pixels(images))
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images of any size and mode -> uint8 RGB tensor [B, 3, size, size], resized and cropped.
+
+        The host-side half of ``__call__``: a quarter of the float32 bytes to copy to a device,
+        where ``normalize`` finishes the job.
+        """
+        batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)
         for i, image in enumerate(images):
-            pixels = resize_center_crop(to_rgb(image), self.size, self.crop_fraction)
-            chw = np.asarray(pixels, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            batch[i] = (chw - mean) / std
+            batch[i] = np.asarray(resize_center_crop(to_rgb(image), self.size, self.crop_fraction)).transpose(2, 0, 1)
         return torch.from_numpy(batch)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [..., 3, H, W] (as ``pixels`` returns) -> float32 ``(x / 255 - mean) / std``, on their device."""
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"normalize expects uint8 pixels (ImageTransform.pixels), got {pixels.dtype}")
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1).to(pixels.device, non_blocking=True)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1).to(pixels.device, non_blocking=True)
+        return (pixels.to(torch.float32) / 255.0 - mean) / std
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Optional
 
 DS_CONFIG_KEYS_WE_SET = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -40,8 +39,12 @@ def derive_batch_sizes(batch_size: int, num_workers: int, gradient_accumulation_
 
 
 def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float, zero_stage: int,
-                    gradient_accumulation_steps: int = 1, bf16: Optional[bool] = None) -> dict:
-    """The full DeepSpeed config for one stage: `base` plus the run's lr, ZeRO stage and batch sizes."""
+                    gradient_accumulation_steps: int = 1) -> dict:
+    """The full DeepSpeed config for one stage: `base` plus the run's lr, ZeRO stage and batch sizes.
+
+    DeepSpeed's own bf16 mode stays as `base` says (off in ds_config.json): it would cast every parameter,
+    the recommender's too. Mixed precision is bf16 autocast around the encoders instead
+    (`ptmrec.runtime.device`)."""
     cfg = copy.deepcopy(base)
     micro = derive_batch_sizes(batch_size, num_workers, gradient_accumulation_steps)
     cfg["train_micro_batch_size_per_gpu"] = micro
@@ -50,6 +53,17 @@ def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float,
     cfg.setdefault("optimizer", {"type": "Adam", "params": {"torch_adam": True}})
     cfg["optimizer"].setdefault("params", {})["lr"] = lr
     cfg.setdefault("zero_optimization", {})["stage"] = zero_stage
-    if bf16 is not None:
-        cfg.setdefault("bf16", {})["enabled"] = bf16
     return cfg
+
+
+def initialize_engine(model, param_groups: list, ds_config: dict, device=None):
+    """The DeepSpeed engine of one stage worker: `model` moved to `device` first (DeepSpeed would move it
+    to its accelerator's current device anyway; doing it here makes the device explicit on every path),
+    parameter groups without trainable tensors dropped. Every stage and benchmark builds engines here."""
+    import deepspeed
+
+    if device is not None:
+        model.to(device)
+    groups = [g for g in param_groups if g["params"]]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    return engine

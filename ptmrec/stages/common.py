@@ -65,7 +65,9 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int],
         metrics = evaluate(score, mine, mask, ks=ks, batch_users=batch_users) if mine else \
             {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "map") for k in ks}
         names = sorted(metrics)
-        packed = torch.tensor([len(mine)] + [metrics[n] * len(mine) for n in names], dtype=torch.float64)
+        # On the model's device: NCCL reduces only device tensors.
+        packed = torch.tensor([len(mine)] + [metrics[n] * len(mine) for n in names], dtype=torch.float64,
+                              device=user_repr.device)
         if world_size > 1:
             import torch.distributed as dist
 
@@ -74,6 +76,12 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int],
         out[split] = {n: float(v) / total for n, v in zip(names, packed[1:].tolist())}
     model.train(was_training)
     return out
+
+
+def cpu_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a state dict: what is kept as "the best weights" and saved, whatever device
+    the model trains on."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
 def peak_memory() -> tuple[float, str]:

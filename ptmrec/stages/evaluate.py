@@ -9,8 +9,11 @@ import json
 import logging
 import time
 
+import torch
+
 from ptmrec.config import Config
 from ptmrec.data.stream import read_interactions
+from ptmrec.runtime.device import select_device
 from ptmrec.stages.common import build_recommender_from_config, evaluate_distributed, load_torch, read_metrics
 from ptmrec.stages.features import load_features
 from ptmrec.storage import Storage, StorageError, join
@@ -39,7 +42,9 @@ def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
         features = _adapted_features(storage, cfg, stage)
     model = build_recommender_from_config(cfg, inter, features)
     model.load_state_dict(weights, strict=False)
-    result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
+    # The evaluate job's driver may run on a head node without a GPU: a GPU run uses one where it sees one.
+    device = select_device(cfg.ray.use_gpu and torch.cuda.is_available())
+    result = evaluate_distributed(model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     storage.write_text(join(stage_uri, "eval.json"), json.dumps(result, indent=2) + "\n")
     return result

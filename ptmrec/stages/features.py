@@ -20,6 +20,7 @@ import torch
 
 from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest
+from ptmrec.runtime.device import encoder_autocast, select_device
 from ptmrec.storage import Storage, StorageError, join
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def feature_dir(cfg: Config, manifest: dict, kind: str = "frozen") -> str:
     """Where the features of these encoder settings and this data live."""
     settings = {"encoder": cfg.encoder.name, "model": cfg.encoder.model, "image_size": cfg.encoder.image_size,
                 "max_text_len": cfg.encoder.max_text_len,
+                # bf16 features (a GPU run) differ from float32 ones: they are not interchangeable
+                "precision": cfg.encoder.precision if cfg.ray.use_gpu else "fp32",
                 "items": [e["sha256"] for e in manifest["shards"]["items"]]}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return join(cfg.run.uri, "features", kind, f"{cfg.encoder.name}-{key}")
@@ -62,35 +65,55 @@ def save_features(storage: Storage, uri: str, features: dict[str, np.ndarray], e
     storage.write_text(join(uri, META), json.dumps(meta, indent=2) + "\n")  # last: the commit marker
 
 
-def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, batch_size: int = 64,
-                 progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Encode this rank's share of the item shards: (item ids [n], {modality: [n, dim]})."""
-    from ptmrec.data.stream import items_from_manifest
+def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress: bool = True,
+                 device: Optional[torch.device] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Encode this rank's share of the item shards: (item ids [n], {modality: [n, dim]}).
+
+    Decoding, resizing and tokenising run in `ray.loader_workers` DataLoader processes; batches reach
+    `device` from pinned memory; the encoders run under `encoder.precision`'s autocast there. Features stay
+    on the device until the end (one copy back, no per-batch wait).
+    """
+    from ptmrec.data.stream import items_from_manifest, make_loader
     from ptmrec.encoders import build_encoder
 
+    device = device or select_device(cfg.ray.use_gpu)
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, cfg.data.uri)
     if encoder is None:
         encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
-                                max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
+                                max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"]).to(device)
     encoder.eval()
     wants_images = "image" in manifest["modalities"]
-    stream = items_from_manifest(storage, cfg.data.uri, batch_size=batch_size, rank=rank, world_size=world_size,
-                                 transform=encoder.image_transform if wants_images else None)
+    wants_text = "text" in manifest["modalities"]
+    stream = items_from_manifest(storage, cfg.data.uri, batch_size=cfg.encoder.batch_size, rank=rank,
+                                 world_size=world_size, transform=encoder.image_transform if wants_images else None,
+                                 tokenize=encoder.text_tokenizer() if wants_text else None)
+    loader = make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
     bar = _progress_bar(progress, rank, manifest["num_items"] // world_size)
     ids, parts = [], {m: [] for m in manifest["modalities"]}
     with torch.inference_mode():
-        for batch in stream:
+        for batch in loader:
             ids.append(batch.item.numpy())
-            if batch.text is not None:
-                parts["text"].append(encoder.encode_text(**encoder.tokenize(batch.text)).float().numpy())
-            if batch.image is not None:
-                parts["image"].append(encoder.encode_image(batch.image).float().numpy())
-            bar.update(len(batch.item))
+            for m, f in encode_batch(encoder, batch, device, cfg.encoder.precision).items():
+                parts[m].append(f)
+            bar.update(len(ids[-1]))
     bar.close()
     if not ids:
         return np.zeros(0, dtype=np.int64), {}
-    return np.concatenate(ids), {m: np.concatenate(p) for m, p in parts.items() if p}
+    return np.concatenate(ids), {m: torch.cat(p).cpu().numpy() for m, p in parts.items() if p}
+
+
+def encode_batch(encoder, batch, device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+    """One `ItemBatch` through the encoder on `device` (copied there without blocking, encoders under
+    `precision`'s autocast): {modality: float32 [B, dim]}, left on the device."""
+    batch = batch.to(device)
+    out = {}
+    with encoder_autocast(device, precision):
+        if batch.tokens is not None:
+            out["text"] = encoder.encode_text(**batch.tokens)
+        if batch.image is not None:
+            out["image"] = encoder.encode_image(batch.image)
+    return {m: f.float() for m, f in out.items()}
 
 
 def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: float = 1.0,
@@ -110,7 +133,8 @@ def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: floa
 
     start = time.perf_counter()
     workers = max(1, min(num_workers, len(manifest["shards"]["items"])))
-    task = ray.remote(num_cpus=cpus_per_worker)(encode_items)
+    # A GPU run encodes on GPUs: one per task, so tasks beyond the cluster's GPUs simply queue.
+    task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if cfg.ray.use_gpu else 0)(encode_items)
     parts = ray.get([task.remote(cfg, rank, workers, progress=progress) for rank in range(workers)])
     num_items = manifest["num_items"]
     features: dict[str, np.ndarray] = {}

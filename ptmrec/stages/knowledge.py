@@ -14,7 +14,6 @@ stage: adapters + a fresh recommender, BPR only) and `full_finetune` (every enco
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict
@@ -25,14 +24,15 @@ import torch
 
 from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest
-from ptmrec.data.stream import items_from_manifest, read_interactions
+from ptmrec.data.stream import ItemBatch, items_from_manifest, make_loader, read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.report import write_report
 from ptmrec.encoders.adapters import count_parameters
 from ptmrec.runtime import ray_train
-from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+from ptmrec.runtime.device import select_device
+from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, evaluate_distributed,
+from ptmrec.stages.common import (build_recommender_from_config, cpu_state, evaluate_distributed,
                                   load_torch, peak_memory, read_metrics, save_torch, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
@@ -91,8 +91,7 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     ray_train.connect(cfg)
     sc = cfg.stage2
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=sc.items_per_step * sc.num_workers,
-                                num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage,
-                                bf16=cfg.ray.use_gpu)
+                                num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage)
     steps = max(1, -(-manifest["num_items"] // (sc.items_per_step * sc.num_workers)))
     log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, ZeRO-%d",
              sc.mode, settings["adapter"], settings["kt_weight"], sc.kt.temperature, sc.num_workers,
@@ -113,10 +112,7 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
 
 def knowledge_worker(config: dict) -> None:
     """One Ray Train worker of stage 2 (see the module docstring for the shape)."""
-    import deepspeed
-
-    from ptmrec.encoders import build_encoder
-    from ptmrec.encoders.adapters import adapter_options, adapter_state_dict, apply_adapter
+    from ptmrec.encoders.adapters import adapter_state_dict
 
     cfg: Config = config["cfg"]
     settings, sc = config["settings"], cfg.stage2
@@ -126,27 +122,16 @@ def knowledge_worker(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)
     start = time.perf_counter()
 
-    # --- setup: data, teacher, student recommender, adapted encoder
+    # --- setup: data, teacher, student recommender, adapted encoder, engine
+    device = select_device(cfg.ray.use_gpu)
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, cfg.data.uri)
     inter = read_interactions(storage, cfg.data.uri)
-    stage1 = load_torch(storage, join(cfg.run.uri, "stage1", "model.pt"))
-    teacher = load_torch(storage, join(cfg.run.uri, "stage1", "teacher.pt"))
-    frozen = load_features(storage, stage1["features_uri"])
-    recommender = build_recommender_from_config(cfg, inter, frozen)
-    if settings["from_stage1"]:
-        recommender.load_state_dict(stage1["state_dict"])
-    encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
-                            max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
-    encoder = apply_adapter(encoder, settings["adapter"], **adapter_options(sc.adapter, settings["adapter"]))
+    student = load_student(cfg, settings, storage, inter, manifest)
+    encoder, recommender = student.encoder, student.recommender
     encoder_trainable, encoder_total = count_parameters(encoder)
-    student = Student(encoder, recommender, teacher["user"], teacher["item"], settings["kt_weight"],
-                      sc.kt.temperature, sc.kt.variant)
-    groups = [{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": sc.lr},
-              {"params": [p for p in recommender.parameters() if p.requires_grad], "lr": settings["recommender_lr"]}]
-    groups = [g for g in groups if g["params"]]
-    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=groups, config=config["ds_config"])
     trainable, total = count_parameters(student)
+    engine = stage2_engine(student, cfg, settings, config["ds_config"], device)
 
     state, best = TrainState(), None  # best: rank 0's copy of the best epoch's adapters, recommender, features
     with ray_train.latest_checkpoint() as restored:
@@ -157,59 +142,30 @@ def knowledge_worker(config: dict) -> None:
     out = stage_dir(sc.mode, sc.output)
     tracker = Tracker(cfg, out.replace("/", "-"), rank, tags=(sc.mode, settings["adapter"]))
 
-    # --- train: item-centric steps, the same number on every rank
-    wants_images = "image" in manifest["modalities"]
+    # --- train, evaluate, checkpoint, early-stop: item-centric steps, the same number on every rank
     index = ItemUserIndex(inter.train_users, inter.train_items, inter.num_items)
-    train_s, items_seen = 0.0, 0
-    global_step = state.epoch * config["steps"]
+    epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"])
     for epoch in range(state.epoch, sc.epochs):
-        rng = np.random.default_rng([cfg.run.seed, epoch, rank])
-        stream = items_from_manifest(storage, cfg.data.uri, batch_size=sc.items_per_step, rank=rank,
-                                     world_size=world_size, transform=encoder.image_transform if wants_images else None,
-                                     resample=True, batches_per_epoch=config["steps"], shuffle_buffer=4 * sc.items_per_step,
-                                     seed=cfg.run.seed * 1000 + epoch)
-        student.train()
-        sums: dict[str, float] = {}
-        t0 = t_step = time.perf_counter()
-        for batch in stream:
-            pairs = index.sample(batch.item.numpy(), sc.pairs_per_step, rng)
-            text_inputs = encoder.tokenize(batch.text) if batch.text is not None else None
-            loss, parts = engine(batch.item, pairs, text_inputs, batch.image)
-            engine.backward(loss)
-            engine.step()
-            items_seen += len(batch.item)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            global_step += 1
-            tracker.log({**{f"step/{k}": float(v) for k, v in parts.items()}, "step/loss": loss.item(),
-                         "step/lr_adapter": engine.get_lr()[0],
-                         "step/items_per_s": len(batch.item) * world_size / max(time.perf_counter() - t_step, 1e-9)},
-                        step=global_step)
-            t_step = time.perf_counter()
-        epoch_s = time.perf_counter() - t0
-        train_s += epoch_s
+        epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
-        losses = {k: v / config["steps"] for k, v in sums.items()}
-
-        # --- evaluate exactly as stage 1, on the catalogue re-encoded by the adapted encoder
-        adapted = _encode_catalogue(cfg, encoder, inter.num_items, rank, world_size)
-        eval_model = build_recommender_from_config(cfg, inter, adapted)
-        eval_model.load_state_dict(recommender.weights_without_features(), strict=False)
-        result = evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
+        # Evaluate exactly as stage 1, on the catalogue re-encoded by the adapted encoder.
+        adapted = _encode_catalogue(cfg, encoder, inter.num_items, rank, world_size, device)
+        result = _evaluate_adapted(cfg, inter, recommender, adapted, rank, world_size, device)
         improved = state.observe(result, cfg.eval.metric)
         if improved and rank == 0:
-            best = {"adapter": adapter_state_dict(encoder), "features": {m: f.clone() for m, f in adapted.items()},
-                    "recommender": copy.deepcopy(recommender.weights_without_features())}
+            best = {"adapter": cpu_state(adapter_state_dict(encoder)), "features": adapted,
+                    "recommender": cpu_state(recommender.weights_without_features())}
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
                   **{f"valid/{k}": v for k, v in result["valid"].items()},
                   **{f"test/{k}": v for k, v in result["test"].items()}}
         state.history.append(record)
-        tracker.log({**record, "epoch": state.epoch}, step=global_step)
+        tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
-            log.info("epoch %d: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s", state.epoch,
-                     ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
-                     config["steps"] * sc.items_per_step * world_size / max(epoch_s, 1e-9), cfg.eval.metric, result["valid"][cfg.eval.metric],
-                     cfg.eval.metric, result["test"][cfg.eval.metric], " *best*" if improved else "")
+            log.info("epoch %d/%d: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s", state.epoch,
+                     sc.epochs, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
+                     epoch_run.items_per_epoch / max(epoch_s, 1e-9), cfg.eval.metric,
+                     result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
+                     " *best*" if improved else "")
         with ray_train.checkpoint_dir() as ckpt:
             # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
             save_checkpoint(engine, state, ckpt, rank, best, exclude_frozen=True)
@@ -222,7 +178,7 @@ def knowledge_worker(config: dict) -> None:
         _save_outputs(cfg, storage, manifest, settings, state, best,
                       params={"trainable_params": trainable, "total_params": total,
                               "encoder_trainable_params": encoder_trainable, "encoder_total_params": encoder_total},
-                      wall_s=time.perf_counter() - start, items_per_s=items_seen * world_size / max(train_s, 1e-9))
+                      wall_s=time.perf_counter() - start, items_per_s=epoch_run.items_per_s)
         # The report compares this stage with stage 1 (and any other modes already run).
         write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
         report_png = storage.read_bytes(join(cfg.run.uri, "report.png"))
@@ -232,10 +188,118 @@ def knowledge_worker(config: dict) -> None:
     ray_train.finish_distributed()
 
 
-def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    """Every item through the adapted encoder, each rank its share of the shards, gathered on all ranks."""
+def load_student(cfg: Config, settings: dict, storage: Storage, inter, manifest: dict) -> Student:
+    """The student of a run: stage 1's recommender (warm unless `joint`) and teacher, the adapted encoder."""
+    from ptmrec.encoders import build_encoder
+    from ptmrec.encoders.adapters import adapter_options, apply_adapter
+
+    stage1 = load_torch(storage, join(cfg.run.uri, "stage1", "model.pt"))
+    teacher = load_torch(storage, join(cfg.run.uri, "stage1", "teacher.pt"))
+    recommender = build_recommender_from_config(cfg, inter, load_features(storage, stage1["features_uri"]))
+    if settings["from_stage1"]:
+        recommender.load_state_dict(stage1["state_dict"])
+    encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
+                            max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
+    encoder = apply_adapter(encoder, settings["adapter"], **adapter_options(cfg.stage2.adapter, settings["adapter"]))
+    return make_student(cfg, settings, encoder, recommender, teacher["user"], teacher["item"])
+
+
+def make_student(cfg: Config, settings: dict, encoder, recommender, teacher_user: torch.Tensor,
+                 teacher_item: torch.Tensor) -> Student:
+    """The one place a `Student` is put together (the stage-2 job and the benchmarks alike)."""
+    return Student(encoder, recommender, teacher_user, teacher_item, settings["kt_weight"], cfg.stage2.kt.temperature,
+                   cfg.stage2.kt.variant, precision=cfg.encoder.precision)
+
+
+def stage2_engine(student: Student, cfg: Config, settings: dict, ds_config: dict, device: torch.device):
+    """The DeepSpeed engine over the student: adapters at `stage2.lr`, the recommender at its own rate."""
+    groups = [{"params": [p for p in student.encoder.parameters() if p.requires_grad], "lr": cfg.stage2.lr},
+              {"params": [p for p in student.recommender.parameters() if p.requires_grad],
+               "lr": settings["recommender_lr"]}]
+    return initialize_engine(student, groups, ds_config, device)
+
+
+def train_step(engine, batch: ItemBatch, index: ItemUserIndex, pairs_per_step: int, rng: np.random.Generator,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """One stage-2 step on a chunk of items: its BPR triples drawn on the host, the batch copied to the
+    device without blocking, forward (the loss), backward, optimizer step. Returns the detached loss
+    terms, still on the device: reading them waits for the step, so callers do it only now and then."""
+    pairs = index.sample(batch.item.numpy(), pairs_per_step, rng)
+    if pairs is not None:
+        pairs = pairs.to(device)
+    batch = batch.to(device)
+    loss, parts = engine(batch.item, pairs, batch.tokens, batch.image)
+    engine.backward(loss)
+    engine.step()
+    return parts
+
+
+class EpochRun:
+    """Stage 2's training epochs on one worker: the item stream (decoded and tokenised in loader
+    processes), the steps, and per-step logs every `stage2.log_every` steps."""
+
+    def __init__(self, cfg: Config, storage: Storage, engine, student: Student, index: ItemUserIndex, rank: int,
+                 world_size: int, device: torch.device, tracker: Tracker, steps: int):
+        self.cfg, self.storage, self.engine, self.student, self.index = cfg, storage, engine, student, index
+        self.rank, self.world_size, self.device, self.tracker, self.steps = rank, world_size, device, tracker, steps
+        self.items_per_epoch = steps * cfg.stage2.items_per_step * world_size
+        self.global_step, self.train_s, self.items_seen = 0, 0.0, 0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items_seen * self.world_size / max(self.train_s, 1e-9)
+
+    def train(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One epoch of steps: (seconds, mean loss terms)."""
+        cfg, sc = self.cfg, self.cfg.stage2
+        self.global_step = epoch * self.steps
+        rng = np.random.default_rng([cfg.run.seed, epoch, self.rank])
+        self.student.train()
+        sums: dict[str, torch.Tensor] = {}
+        t0 = t_log = time.perf_counter()
+        logged_items = 0
+        for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.steps, self.rank,
+                                 self.world_size, self.device):
+            parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device)
+            for k, v in parts.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            self.items_seen += len(batch.item)
+            logged_items += len(batch.item)
+            self.global_step += 1
+            if self.global_step % sc.log_every == 0:
+                now = time.perf_counter()
+                self.tracker.log({**{f"step/{k}": float(v) for k, v in parts.items()},
+                                  "step/loss": float(sum(parts.values())), "step/lr_adapter": self.engine.get_lr()[0],
+                                  "step/items_per_s": logged_items * self.world_size / max(now - t_log, 1e-9)},
+                                 step=self.global_step)
+                t_log, logged_items = now, 0
+        epoch_s = time.perf_counter() - t0
+        self.train_s += epoch_s
+        return epoch_s, {k: float(v) / self.steps for k, v in sums.items()}
+
+
+def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, steps: int, rank: int, world_size: int,
+                device: torch.device):
+    """This rank's chunks for one epoch: `steps` batches of `items_per_step` items (resampled shards, so
+    every rank runs the same number of steps), decoded and tokenised by `ray.loader_workers` processes,
+    pinned for the copy to a GPU."""
+    manifest = load_manifest(storage, cfg.data.uri)
+    sc = cfg.stage2
+    stream = items_from_manifest(
+        storage, cfg.data.uri, batch_size=sc.items_per_step, rank=rank, world_size=world_size,
+        transform=encoder.image_transform if "image" in manifest["modalities"] else None,
+        tokenize=encoder.text_tokenizer() if "text" in manifest["modalities"] else None,
+        resample=True, batches_per_epoch=steps, shuffle_buffer=4 * sc.items_per_step,
+        seed=cfg.run.seed * 1000 + epoch, loader_workers=cfg.ray.loader_workers)
+    return make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
+
+
+def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_size: int,
+                      device: torch.device) -> dict[str, torch.Tensor]:
+    """Every item through the adapted encoder, each rank its share of the shards, gathered on all ranks
+    (on the CPU: the evaluation model is rebuilt from them)."""
     was_training = encoder.training
-    ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False)
+    ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device)
     encoder.train(was_training)
     parts = [(ids, feats)]
     if world_size > 1:
@@ -248,6 +312,15 @@ def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_siz
         for m, array in part_feats.items():
             out.setdefault(m, torch.zeros(num_items, array.shape[1]))[torch.from_numpy(part_ids)] = torch.from_numpy(array)
     return out
+
+
+def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.Tensor], rank: int,
+                      world_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Stage 1's evaluation of the student recommender rebuilt on the adapted features (FREEDOM rebuilds
+    its item graph from them), on the device."""
+    eval_model = build_recommender_from_config(cfg, inter, adapted)
+    eval_model.load_state_dict(recommender.weights_without_features(), strict=False)
+    return evaluate_distributed(eval_model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
 
 
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,

@@ -11,7 +11,6 @@ Outputs in `<run uri>/stage1/`: `model.pt` (the best model's weights and how to 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict
@@ -25,9 +24,10 @@ from ptmrec.data.stream import read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.encoders.adapters import count_parameters
 from ptmrec.runtime import ray_train
-from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
+from ptmrec.runtime.device import pin, select_device
+from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, epoch_triples,
+from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples,
                                   evaluate_distributed, peak_memory, read_metrics, save_torch, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
@@ -71,8 +71,6 @@ def run_recommendation_stage(cfg: Config, progress: bool = True) -> dict:
 
 def recommendation_worker(config: dict) -> None:
     """One Ray Train worker of stage 1 (see the module docstring for the shape)."""
-    import deepspeed
-
     cfg: Config = config["cfg"]
     rank, world_size = ray_train.world()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -81,13 +79,14 @@ def recommendation_worker(config: dict) -> None:
     start = time.perf_counter()
 
     # --- setup
+    device = select_device(cfg.ray.use_gpu)
     storage = Storage(cfg.storage)
     inter = read_interactions(storage, cfg.data.uri)
     features = load_features(storage, config["features_uri"]) if config["features_uri"] else None
     model = build_recommender_from_config(cfg, inter, features)
     trainable, total = count_parameters(model)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=config["ds_config"],
-                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
+    engine = initialize_engine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
+                               config["ds_config"], device)
     state, best_weights = TrainState(), None  # best_weights: rank 0's copy of the best epoch's model
     with ray_train.latest_checkpoint() as restored:
         if restored is not None:
@@ -102,7 +101,7 @@ def recommendation_worker(config: dict) -> None:
     train_s, triples_seen = 0.0, 0
     for epoch in range(state.epoch, sc.epochs):
         t0 = time.perf_counter()
-        parts = _train_epoch(engine, model, inter, epoch, cfg.run.seed, micro, rank, world_size)
+        parts = train_epoch(engine, model, inter, epoch, cfg.run.seed, micro, rank, world_size, device)
         epoch_s = time.perf_counter() - t0
         train_s += epoch_s
         triples_seen += len(inter.train_users)
@@ -117,7 +116,7 @@ def recommendation_worker(config: dict) -> None:
         result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
         improved = state.observe(result, cfg.eval.metric)
         if improved and rank == 0:
-            best_weights = copy.deepcopy(model.state_dict())
+            best_weights = cpu_state(model.state_dict())
         record.update({f"valid/{k}": v for k, v in result["valid"].items()})
         record.update({f"test/{k}": v for k, v in result["test"].items()})
         state.history.append(record)
@@ -146,34 +145,39 @@ def recommendation_worker(config: dict) -> None:
     ray_train.finish_distributed()
 
 
-def _train_epoch(engine, model, inter, epoch: int, seed: int, micro: int, rank: int,
-                 world_size: int) -> dict[str, float]:
-    """One pass over every training pair: global batches of micro × world triples, this rank's slice."""
+def train_epoch(engine, model, inter, epoch: int, seed: int, micro: int, rank: int, world_size: int,
+                device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """One pass over every training pair: global batches of micro × world triples, this rank's slice.
+
+    The epoch's triples go to the device once (three int64 vectors); the loss terms are summed on the
+    device and read once at the end, so no step waits for the host.
+    """
     model.pre_epoch()
     model.train()
-    users, pos, neg = epoch_triples(inter, epoch, seed)
+    users, pos, neg = (pin(torch.from_numpy(a), device).to(device, non_blocking=True)
+                       for a in epoch_triples(inter, epoch, seed))
     batch = micro * world_size
     n_steps = len(users) // batch + (1 if len(users) % batch >= world_size else 0)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     for step in range(n_steps):
         lo = step * batch
         size = min(batch, len(users) - lo)
         # Split the (possibly short, last) global batch evenly so every rank runs every step.
         per = size // world_size
         sl = slice(lo + rank * per, lo + (rank + 1) * per)
-        loss, parts = model.loss(torch.from_numpy(users[sl]), torch.from_numpy(pos[sl]), torch.from_numpy(neg[sl]))
+        loss, parts = model.loss(users[sl], pos[sl], neg[sl])
         engine.backward(loss)
         engine.step()
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    return {k: v / max(n_steps, 1) for k, v in sums.items()}
+            sums[k] = sums[k] + v if k in sums else v.clone()
+    return {k: float(v) / max(n_steps, 1) for k, v in sums.items()}
 
 
 def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[dict], inter, state: TrainState,
                   config: dict, trainable: int, total: int, wall_s: float, items_per_s: float) -> None:
     """Write the best model, its teacher representations and metrics.json."""
     stage_uri = join(cfg.run.uri, STAGE)
-    best = best_weights if best_weights is not None else model.state_dict()
+    best = best_weights if best_weights is not None else cpu_state(model.state_dict())
     model.load_state_dict(best)
     model.eval()
     with torch.no_grad():

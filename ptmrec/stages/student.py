@@ -17,15 +17,26 @@ import torch
 from torch import nn
 
 from ptmrec.losses import bpr_loss, item_item_kt, user_item_kt
+from ptmrec.runtime.device import encoder_autocast
 
 
 @dataclass
 class ChunkPairs:
-    """BPR triples inside one chunk of items; item positions index into the chunk."""
+    """BPR triples inside one chunk of items; item positions index into the chunk.
+
+    The distinct users are found on the host when the pairs are drawn: on a GPU, `torch.unique` would make
+    every step wait for the device to report how many there are.
+    """
 
     users: torch.Tensor  # int64 [P]
     pos: torch.Tensor  # int64 [P], positions in the chunk
     neg: torch.Tensor  # int64 [P], positions in the chunk
+    distinct_users: torch.Tensor  # int64 [U], sorted
+    row_of: torch.Tensor  # int64 [P], row of each triple's user in distinct_users
+
+    def to(self, device: torch.device) -> "ChunkPairs":
+        return ChunkPairs(*(t.to(device, non_blocking=True) for t in
+                            (self.users, self.pos, self.neg, self.distinct_users, self.row_of)))
 
 
 class ItemUserIndex:
@@ -58,7 +69,9 @@ class ItemUserIndex:
             if not bad.any():
                 break
             neg[bad] = rng.integers(0, len(chunk), size=int(bad.sum()))
-        return ChunkPairs(torch.from_numpy(users), torch.from_numpy(positions), torch.from_numpy(neg))
+        distinct, row_of = np.unique(users, return_inverse=True)
+        return ChunkPairs(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+                            for a in (users, positions, neg, distinct, row_of.reshape(-1))))
 
     def _is_positive(self, keys: np.ndarray) -> np.ndarray:
         # A binary search in the sorted keys: np.isin would re-sort all training pairs on every step.
@@ -75,11 +88,16 @@ class Student(nn.Module):
         total = BPR + λ·KT
     The per-modality BPR term keeps a BPR gradient flowing into every tower even for models whose full
     score reaches the features only through a discrete graph (FREEDOM's k-NN item graph).
+
+    Precision: only the encoder runs under autocast (`precision`, on CUDA); its features are cast to
+    float32 before the recommender, the teacher and the losses see them.
     """
 
     def __init__(self, encoder: nn.Module, recommender: nn.Module, teacher_user: torch.Tensor,
-                 teacher_item: torch.Tensor, kt_weight: float, temperature: float, kt_variant: str):
+                 teacher_item: torch.Tensor, kt_weight: float, temperature: float, kt_variant: str,
+                 precision: str = "bf16"):
         super().__init__()
+        self.precision = precision
         self.encoder = encoder
         self.recommender = recommender
         # The teacher is a frozen copy of stage 1's representations: buffers, never parameters.
@@ -91,17 +109,19 @@ class Student(nn.Module):
 
     def encode(self, text_inputs: Optional[dict], pixel_values: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The chunk's adapted features: modality -> [n, d_m]."""
+        device = self.teacher_item.device
         features = {}
-        if text_inputs is not None:
-            features["text"] = self.encoder.encode_text(**text_inputs)
-        if pixel_values is not None:
-            features["image"] = self.encoder.encode_image(pixel_values)
-        return features
+        with encoder_autocast(device, self.precision):
+            if text_inputs is not None:
+                features["text"] = self.encoder.encode_text(**text_inputs)
+            if pixel_values is not None:
+                features["image"] = self.encoder.encode_image(pixel_values)
+        return {m: f.float() for m, f in features.items()}
 
     def forward(self, items: torch.Tensor, pairs: Optional[ChunkPairs], text_inputs: Optional[dict] = None,
                 pixel_values: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.encode(text_inputs, pixel_values)
-        features = {m: f.float() for m, f in features.items() if m in self.recommender.modalities}
+        features = {m: f for m, f in features.items() if m in self.recommender.modalities}
         if pairs is None:
             # A chunk with no training users: still one (zero) step, since every rank must step together.
             zero = sum(f.sum() for f in features.values()) * 0.0
@@ -111,7 +131,7 @@ class Student(nn.Module):
         parts = {"bpr": bpr_loss(scores[rows, pairs.pos], scores[rows, pairs.neg])}
         # The modality scores serve the modality BPR and KT alike: computed once per distinct user (for
         # graph models each call propagates the whole graph), then expanded to the triples' rows.
-        users, row_of = torch.unique(pairs.users, return_inverse=True)
+        users, row_of = pairs.distinct_users, pairs.row_of
         modality_scores = self.recommender.modality_scores(users, items, features)  # {m: [U, n]}
         modality_bpr = [bpr_loss(s[row_of, pairs.pos], s[row_of, pairs.neg]) for s in modality_scores.values()]
         parts["bpr_modality"] = torch.stack(modality_bpr).mean()

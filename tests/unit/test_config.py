@@ -113,3 +113,30 @@ def test_sweep_space_is_a_typed_mapping(tmp_path):
     assert cfg.sweep.space == {"stage2.kt.weight": [0.1, 1.0]}
     with pytest.raises(ConfigError, match="sweep.space: expected a mapping"):
         load_config(write(tmp_path, BASE + "sweep: {space: [1, 2]}\n"))
+
+
+def test_loader_workers_must_fit_the_cpus_a_worker_reserves(tmp_path):
+    with pytest.raises(ConfigError, match=r"ray.loader_workers: 2 loader processes need 3 CPUs per worker .* "
+                                          r"ray.cpus_per_worker is 2"):
+        load_config(write(tmp_path, BASE + "ray: {cpus_per_worker: 2, loader_workers: 2}\n"))
+    with pytest.raises(ConfigError, match="ray.loader_workers: expected 0 or more, got -1"):
+        load_config(write(tmp_path, BASE + "ray: {loader_workers: -1}\n"))
+    with pytest.raises(ConfigError, match="encoder.batch_size: expected 1 or more, got 0"):
+        load_config(write(tmp_path, BASE + "encoder: {batch_size: 0}\n"))
+    assert load_config(write(tmp_path, BASE + "ray: {cpus_per_worker: 8, loader_workers: 6}\n")).ray.loader_workers == 6
+
+
+def test_gpu_profile_reserves_loader_processes(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    cfg = load_config(repo / "configs" / "amazon-clothing-gpu.yaml")
+    assert cfg.ray.use_gpu and 0 < cfg.ray.loader_workers < cfg.ray.cpus_per_worker
+    assert cfg.encoder.precision == "bf16" and cfg.stage2.items_per_step == 256
+
+
+def test_local_encoder_model_folder_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "minilm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, BASE + "encoder: {name: bundled, model: ./minilm}\n"))
+    assert cfg.encoder.model == str(tmp_path / "minilm")
+    hub = load_config(write(tmp_path, BASE + "encoder: {name: clip, model: openai/clip-vit-base-patch16}\n"))
+    assert hub.encoder.model == "openai/clip-vit-base-patch16"  # a hub name stays a name

@@ -7,8 +7,9 @@ from ptmrec.config import DataConfig
 from ptmrec.encoders.images import ImageTransform
 from ptmrec.data.shards import ManifestError, write_shards
 from ptmrec.data.sources.synthetic import make_synthetic
-from ptmrec.data.stream import (ShardError, item_pipeline, items_from_manifest, make_loader,
-                                read_interactions)
+from ptmrec.data.stream import (ItemBatch, ShardError, item_pipeline, items_from_manifest,
+                                make_loader, read_interactions)
+from ptmrec.encoders import build_encoder
 from ptmrec.storage import Storage
 
 
@@ -31,13 +32,17 @@ def test_every_item_once_across_ranks_and_workers(prepared):
     assert sorted(seen) == list(range(50))
 
 
-def test_batches_carry_text_and_normalized_images(prepared):
+def test_batches_carry_text_and_uint8_pixels(prepared):
     data, uri, _ = prepared
     transform = ImageTransform(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     batch = next(iter(items_from_manifest(Storage(), uri, batch_size=8, transform=transform)))
-    assert batch.image.shape == (8, 3, 32, 32) and batch.image.dtype == torch.float32
-    assert -1.0 <= batch.image.min() and batch.image.max() <= 1.0
+    assert batch.image.shape == (8, 3, 32, 32) and batch.image.dtype == torch.uint8
+    assert batch.tokens is None  # no tokenize given
     assert batch.text == [data.item_texts[i] for i in batch.item.tolist()]
+    # The items' own pictures, up to JPEG's losses.
+    drawn = transform.pixels([data.item_image(i) for i in batch.item.tolist()])
+    assert (batch.image.float() - drawn.float()).abs().mean() < 8
+    torch.testing.assert_close(transform.normalize(batch.image), (batch.image.float() / 255 - 0.5) / 0.5)
 
 
 def test_resampling_gives_every_rank_the_same_number_of_batches(prepared):
@@ -92,3 +97,78 @@ def test_read_interactions_matches_the_source(prepared):
         if s == 2:
             want[int(u)].append(int(i))
     assert inter.test == dict(want)
+
+
+# ------------------------------------------------------------------- DataLoader workers, tokens, pinning
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_encoder("tiny-clip")
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_resampled_loader_yields_exactly_the_epoch_with_workers(prepared, workers):
+    _, uri, _ = prepared
+    counts = []
+    for rank in range(2):
+        # 7 batches over 2 workers: 4 each, cut at 7 (not 2 x 7, as epochs counted per worker would give).
+        pipe = items_from_manifest(Storage(), uri, batch_size=4, rank=rank, world_size=2, resample=True,
+                                   batches_per_epoch=7, shuffle_buffer=8, loader_workers=workers)
+        loader = make_loader(pipe, num_workers=workers)
+        counts.append([sum(1 for _ in loader) for _epoch in range(2)])
+    assert counts == [[7, 7], [7, 7]]
+
+
+def test_make_loader_adjusts_a_pipeline_built_for_other_workers(prepared):
+    _, uri, _ = prepared
+    pipe = items_from_manifest(Storage(), uri, batch_size=4, resample=True, batches_per_epoch=5)
+    assert sum(1 for _ in make_loader(pipe, num_workers=2)) == 5
+    assert sum(1 for _ in pipe) == 5  # the pipeline passed in is unchanged
+    built_for_two = items_from_manifest(Storage(), uri, batch_size=4, resample=True, batches_per_epoch=5,
+                                        loader_workers=2)
+    assert sum(1 for _ in built_for_two) == 3  # one worker's share, ceil(5 / 2)
+    assert sum(1 for _ in make_loader(built_for_two, num_workers=0)) == 5
+    assert sum(1 for _ in make_loader(built_for_two, num_workers=1)) == 5
+
+
+def test_workers_deliver_uint8_pixels_and_tokens_every_item_once(prepared, tiny):
+    data, uri, _ = prepared
+    tokenize = tiny.text_tokenizer()
+    seen = []
+    pipe = items_from_manifest(Storage(), uri, batch_size=4, transform=tiny.image_transform, tokenize=tokenize)
+    for batch in make_loader(pipe, num_workers=2, pin_memory=True):
+        seen += batch.item.tolist()
+        assert batch.image.dtype == torch.uint8 and batch.image.shape == (len(batch.item), 3, 32, 32)
+        assert batch.text == [data.item_texts[i] for i in batch.item.tolist()]
+        want = tiny.tokenize(batch.text)
+        assert set(batch.tokens) == set(want)
+        for key in want:
+            assert torch.equal(batch.tokens[key], want[key])
+    assert sorted(seen) == list(range(50))
+
+
+def test_item_batch_pin_memory_and_to():
+    batch = ItemBatch(item=torch.arange(3), text=["a", "b", "c"], image=torch.zeros(3, 3, 4, 4, dtype=torch.uint8),
+                      tokens={"input_ids": torch.ones(3, 5, dtype=torch.long),
+                              "attention_mask": torch.ones(3, 5, dtype=torch.long)})
+    pinned = batch.pin_memory()
+    assert pinned is not batch and pinned.text == batch.text
+    if torch.accelerator.is_available():
+        assert pinned.item.is_pinned() and pinned.image.is_pinned() and pinned.tokens["input_ids"].is_pinned()
+    moved = pinned.to("cpu")
+    assert moved.image.dtype == torch.uint8 and moved.text == batch.text
+    assert torch.equal(moved.tokens["attention_mask"], batch.tokens["attention_mask"])
+    bare = ItemBatch(item=torch.arange(2), text=None, image=None)
+    assert bare.pin_memory().to("cpu", non_blocking=False).tokens is None
+
+
+def test_pipelines_pickle(prepared, tiny):
+    # Every stage is picklable, so workers also start under spawn / forkserver.
+    import pickle
+
+    _, uri, _ = prepared
+    pipe = items_from_manifest(Storage(), uri, batch_size=4, transform=tiny.image_transform,
+                               tokenize=tiny.text_tokenizer(), resample=True, batches_per_epoch=3)
+    again = pickle.loads(pickle.dumps(pipe))
+    assert sum(1 for _ in again) == 3

@@ -1,6 +1,7 @@
 import numpy as np
+import torch
 
-from ptmrec.stages.student import ItemUserIndex
+from ptmrec.stages.student import ItemUserIndex, Student
 
 
 def _interactions(seed=0, users=200, items=100, n=600):
@@ -31,3 +32,45 @@ def test_chunk_pairs_are_capped_and_empty_chunks_give_none():
     unused = np.setdiff1d(np.arange(num_items + 5), train_items)
     lonely = ItemUserIndex(train_users, train_items, num_items + 5)
     assert lonely.sample(unused[-2:], max_pairs=16, rng=np.random.default_rng(0)) is None
+
+
+def test_chunk_pairs_carry_their_distinct_users_found_on_the_host():
+    train_users, train_items, num_items = _interactions()
+    index = ItemUserIndex(train_users, train_items, num_items)
+    pairs = index.sample(np.arange(30), max_pairs=200, rng=np.random.default_rng(0))
+    distinct, row_of = pairs.distinct_users.numpy(), pairs.row_of.numpy()
+    assert np.array_equal(distinct, np.unique(pairs.users.numpy()))
+    assert np.array_equal(distinct[row_of], pairs.users.numpy())
+    moved = pairs.to(torch.device("cpu"))
+    assert all(torch.equal(getattr(moved, f), getattr(pairs, f)) for f in ("users", "pos", "neg", "distinct_users", "row_of"))
+
+
+def test_only_the_encoder_runs_under_autocast_the_recommender_and_losses_stay_float32(monkeypatch):
+    """A GPU step in miniature: bf16 autocast (here on the CPU, which the product never does) around the
+    encoder only; features, scores and losses in float32, gradients reach the float32 recommender."""
+    import ptmrec.stages.student as student_module
+    from ptmrec.encoders import build_encoder
+    from ptmrec.encoders.adapters import apply_adapter
+    from ptmrec.recommenders import build_recommender
+
+    seen = {}
+    monkeypatch.setattr(student_module, "encoder_autocast",
+                        lambda device, precision: torch.autocast("cpu", dtype=torch.bfloat16))
+    encoder = apply_adapter(build_encoder("tiny-clip", max_text_len=16, modalities=["text"]), "lora")
+    encoder.text_tower.register_forward_hook(lambda m, i, o: seen.update(tower=o[0].dtype))
+    train_users, train_items, num_items = _interactions(users=40, items=30, n=200)
+    texts = [f"item {i}" for i in range(num_items)]
+    with torch.no_grad():
+        frozen = {"text": encoder.encode_text(**encoder.tokenize(texts))}
+    rec = build_recommender("vbpr", num_users=40, num_items=num_items, train_interactions=(train_users, train_items),
+                            features=frozen)
+    user_repr, item_repr = (t.detach() for t in rec())
+    student = Student(encoder, rec, user_repr, item_repr, kt_weight=1.0, temperature=1.0, kt_variant="user_item")
+    chunk = np.arange(12)
+    pairs = ItemUserIndex(train_users, train_items, num_items).sample(chunk, 64, np.random.default_rng(0))
+    loss, parts = student(torch.from_numpy(chunk), pairs, encoder.tokenize([texts[i] for i in chunk]))
+    assert seen["tower"] == torch.bfloat16  # the encoder did run in bf16
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in parts.values())
+    loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in rec.parameters())
+    assert rec.user_embedding.grad is not None

@@ -59,14 +59,13 @@ def process_group():
 
 @pytest.mark.parametrize("name", ["prompt", "lora"])
 def test_zero2_trains_only_the_adapter(name, tiny_clip, inputs, process_group):
-    import deepspeed
+    from ptmrec.runtime.ds_engine import initialize_engine
 
     encoder = apply_adapter(tiny_clip, name)
     model = Tuner(encoder)
     frozen_before = {n: p.detach().clone() for n, p in encoder.named_parameters() if not p.requires_grad}
     adapter_before = adapter_state_dict(encoder)
-    engine, _, _, _ = deepspeed.initialize(model=model, config=DS_CONFIG,
-                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
+    engine = initialize_engine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], DS_CONFIG)
     pixels, text = inputs(encoder)
     for _ in range(2):
         loss = engine(pixels, text["input_ids"], text["attention_mask"])
