@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--modes", nargs="+", default=["ptmrec", "no_kt", "joint"],
                    choices=["ptmrec", "no_kt", "joint", "full_finetune"], help="stage-2 modes to run")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
+                        "and print one table of mean ± std over the seeds with paired deltas against each seed's "
+                        "frozen stage 1; also written to <run.uri>-seeds.md")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid)",
                        description="Search the config's sweep.space (dotted keys → values) with Ray Tune: stage 1 "
@@ -165,30 +169,57 @@ def cmd_stage2(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from ptmrec.report import collect, seed_table
+
+    if not args.seeds:
+        print(_compare_one(load_config(args.config, args.overrides), args.modes, quiet=args.quiet))
+        return 0
+    base = load_config(args.config, args.overrides)  # fail on a bad config before any work
+    per_seed = {}
+    for seed in args.seeds:
+        cfg = load_config(args.config, [*args.overrides, f"run.seed={seed}", f"run.name={base.run.name}-seed{seed}",
+                                        f"run.uri={base.run.uri}-seed{seed}"])
+        print(f"== seed {seed}: {cfg.run.uri}", flush=True)
+        _compare_one(cfg, args.modes, quiet=args.quiet)
+        per_seed[seed] = collect(_storage(cfg), cfg.run.uri)
+    text = (f"# {base.run.name}: seeds {', '.join(map(str, args.seeds))}\n\nTest metrics at each run's best valid "
+            f"{base.eval.metric} epoch, mean ± std over the seeds; Δ = change against the same seed's frozen "
+            f"stage 1.\n\n{seed_table(per_seed, base.eval.ks, base.eval.metric)}\n")
+    _storage(base).write_text(f"{base.run.uri}-seeds.md", text)
+    print(text)
+    return 0
+
+
+def _storage(cfg):
+    from ptmrec.storage import Storage
+
+    return Storage(cfg.storage)
+
+
+def _compare_one(cfg, modes: list[str], quiet: bool) -> str:
+    """Stage 1 (unless finished) and stage 2 in each mode of one run; returns its report."""
     import dataclasses
 
     from ptmrec.report import write_report
     from ptmrec.stages.common import read_metrics
     from ptmrec.stages.knowledge import run_knowledge_stage, stage_dir
     from ptmrec.stages.recommendation import run_recommendation_stage
-    from ptmrec.storage import Storage, StorageError, join
+    from ptmrec.storage import StorageError, join
 
-    cfg = load_config(args.config, args.overrides)
-    storage = Storage(cfg.storage)
+    storage = _storage(cfg)
     try:
         read_metrics(storage, join(cfg.run.uri, "stage1"))
         print(f"stage 1 already finished under {cfg.run.uri}: reusing it")
     except StorageError:
-        run_recommendation_stage(cfg, progress=not args.quiet)
-    for mode in args.modes:
+        run_recommendation_stage(cfg, progress=not quiet)
+    for mode in modes:
         mode_cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, mode=mode))
         try:
             read_metrics(storage, join(cfg.run.uri, stage_dir(mode)))
             print(f"stage 2 ({mode}) already finished: reusing it")
         except StorageError:
-            run_knowledge_stage(mode_cfg, progress=not args.quiet)
-    print(write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric))
-    return 0
+            run_knowledge_stage(mode_cfg, progress=not quiet)
+    return write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
 
 
 def cmd_sweep(args) -> int:

@@ -100,3 +100,40 @@ def plot(rows: list[dict], metric: str) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
+    """One row per stage over several seeds' runs: test metrics as mean ± std, valid `metric`, and the
+    change against the frozen stage 1 of the same seed (paired), as mean ± std over the seeds.
+
+    `per_seed`: seed -> that seed's `collect()` rows (stage 1 first).
+    """
+    import statistics
+
+    def mean_std(values: list[float], fmt: str) -> str:
+        if not values:
+            return "—"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
+
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+    short = {"recall": "R", "ndcg": "N"}
+    head = ["stage", "seeds", *(f"test {c}" for c in cols), f"valid {metric}",
+            *(f"Δ {short[c.split('@')[0]]}@{c.split('@')[1]} vs frozen" for c in cols if c.startswith("recall"))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels: list[str] = []
+    for rows in per_seed.values():
+        labels += [label(m) for m in rows if label(m) not in labels]
+    for name in labels:
+        runs = {s: next(m for m in rows if label(m) == name) for s, rows in per_seed.items()
+                if any(label(m) == name for m in rows)}
+        frozen = {s: rows[0] for s, rows in per_seed.items() if rows and rows[0]["stage"] == "stage1"}
+        cells = [name, ",".join(map(str, runs))]
+        cells += [mean_std([m["test"][c] for m in runs.values() if c in m["test"]], ".4f") for c in cols]
+        cells.append(mean_std([m["valid"][metric] for m in runs.values() if metric in m["valid"]], ".4f"))
+        for c in (c for c in cols if c.startswith("recall")):
+            deltas = [100 * (m["test"][c] / frozen[s]["test"][c] - 1) for s, m in runs.items()
+                      if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]
+            cells.append(mean_std(deltas, "+.1f") + " %" if deltas else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
