@@ -89,9 +89,20 @@ class Req:
         return self.pip_arg()
 
 
-def parse_req(text: str) -> Req:
-    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+def _packaging(module: str, *names: str) -> tuple:
+    """Names from `packaging` (PEP 508 requirements and markers), or from the copy pip vendors where it is
+    not installed (importing pip's copy in-process upsets setuptools' distutils shim, so it is the fallback)."""
+    import importlib
 
+    try:
+        found = importlib.import_module(f"packaging.{module}")
+    except ImportError:
+        found = importlib.import_module(f"pip._vendor.packaging.{module}")
+    return tuple(getattr(found, n) for n in names)
+
+
+def parse_req(text: str) -> Req:
+    InvalidRequirement, Requirement = _packaging("requirements", "InvalidRequirement", "Requirement")
     try:
         r = Requirement(text)
     except InvalidRequirement:
@@ -124,8 +135,8 @@ def marker_true(marker: str | None, env: dict, extras=()) -> bool:
     makes it true."""
     if not marker:
         return True
-    from pip._vendor.packaging.markers import InvalidMarker, Marker, UndefinedEnvironmentName
-
+    InvalidMarker, Marker, UndefinedEnvironmentName = _packaging("markers", "InvalidMarker", "Marker",
+                                                                 "UndefinedEnvironmentName")
     try:
         parsed = Marker(marker)
         return any(parsed.evaluate({**env, "extra": e}) for e in (*extras, ""))
