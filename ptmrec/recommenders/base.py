@@ -54,6 +54,14 @@ class Recommender(nn.Module):
         """The state dict minus feature tables: what a copy rebuilt on other (adapted) features loads."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self.feature_state_prefixes)}
 
+    def load_weights_without_features(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Load `weights_without_features()` of a model of the same kind into this one, which was built on
+        other (adapted) features: strict, except that the feature tables themselves stay this model's."""
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.startswith(self.feature_state_prefixes)]
+        if missing or unexpected:
+            raise ValueError(f"{self.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     # -- training ----------------------------------------------------------------------------------------
 
     def loss(

@@ -41,7 +41,10 @@ def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
         weights = load_torch(storage, join(stage_uri, "recommender.pt"))["state_dict"]
         features = _adapted_features(storage, cfg, stage)
     model = build_recommender_from_config(cfg, inter, features)
-    model.load_state_dict(weights, strict=False)
+    if stage == "stage1":
+        model.load_state_dict(weights)
+    else:
+        model.load_weights_without_features(weights)
     # The evaluate job's driver may run on a head node without a GPU: a GPU run uses one where it sees one.
     device = select_device(cfg.ray.use_gpu and torch.cuda.is_available())
     result = evaluate_distributed(model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)

@@ -4,7 +4,8 @@ Driver (`run_knowledge_stage`): needs only the run URI (stage 1's model, teacher
 there) and runs `knowledge_worker` on Ray Train workers. Each worker: setup (teacher, student recommender
 from stage 1, encoder + adapter) → DeepSpeed engine (adapters at `stage2.lr`, the recommender at its own
 lower `recommender_lr`) → per epoch: item-centric steps on resampled item shards (every rank the same
-number of steps), re-encode the catalogue with the adapted encoder, evaluate exactly as stage 1,
+number of steps), re-encode the catalogue with the adapted encoder, evaluate exactly as stage 1 (the
+starting point too, as epoch 0: the best epoch is chosen among it and the trained ones),
 checkpoint (adapters + recommender only), early-stop on valid → rank 0 saves the best adapters, the
 adapted features and metrics.json.
 
@@ -27,7 +28,7 @@ from ptmrec.data.shards import load_manifest
 from ptmrec.data.stream import ItemBatch, items_from_manifest, make_loader, read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.report import write_report
-from ptmrec.encoders.adapters import count_parameters
+from ptmrec.encoders.adapters import count_parameters, set_train_mode
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import select_device
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
@@ -112,8 +113,6 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
 
 def knowledge_worker(config: dict) -> None:
     """One Ray Train worker of stage 2 (see the module docstring for the shape)."""
-    from ptmrec.encoders.adapters import adapter_state_dict
-
     cfg: Config = config["cfg"]
     settings, sc = config["settings"], cfg.stage2
     rank, world_size = ray_train.world()
@@ -145,19 +144,22 @@ def knowledge_worker(config: dict) -> None:
     # --- train, evaluate, checkpoint, early-stop: item-centric steps, the same number on every rank
     index = ItemUserIndex(inter.train_users, inter.train_items, inter.num_items)
     epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"])
+    if not state.history:
+        # The starting point (stage 1's recommender, the adapters as initialised) is epoch 0, a candidate like
+        # any epoch: stage 2 never hands over a model that is worse on valid than the one it started from.
+        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best)
+        state.history.append({"epoch": 0, **_split_metrics(result)})
+        if rank == 0:
+            log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
+                     result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
     for epoch in range(state.epoch, sc.epochs):
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
-        # Evaluate exactly as stage 1, on the catalogue re-encoded by the adapted encoder.
-        adapted = _encode_catalogue(cfg, encoder, inter.num_items, rank, world_size, device)
-        result = _evaluate_adapted(cfg, inter, recommender, adapted, rank, world_size, device)
-        improved = state.observe(result, cfg.eval.metric)
-        if improved and rank == 0:
-            best = {"adapter": cpu_state(adapter_state_dict(encoder)), "features": adapted,
-                    "recommender": cpu_state(recommender.weights_without_features())}
+        best_before = state.best_epoch
+        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best)
+        improved = state.best_epoch != best_before
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
-                  **{f"valid/{k}": v for k, v in result["valid"].items()},
-                  **{f"test/{k}": v for k, v in result["test"].items()}}
+                  **_split_metrics(result)}
         state.history.append(record)
         tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
@@ -175,6 +177,9 @@ def knowledge_worker(config: dict) -> None:
 
     # --- save (rank 0): the best epoch's adapters, recommender and adapted features
     if rank == 0:
+        if state.best_epoch == 0:
+            log.info("no stage-2 epoch beat the starting point on valid %s (%.4f): the outputs are the starting "
+                     "point", cfg.eval.metric, state.best_score)
         _save_outputs(cfg, storage, manifest, settings, state, best,
                       params={"trainable_params": trainable, "total_params": total,
                               "encoder_trainable_params": encoder_trainable, "encoder_total_params": encoder_total},
@@ -294,13 +299,31 @@ def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, steps: int, 
     return make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
 
 
+def _evaluate_candidate(cfg: Config, inter, student: Student, state: TrainState, rank: int, world_size: int,
+                        device: torch.device, best: Optional[dict]) -> tuple[dict, Optional[dict]]:
+    """Evaluate the student as it is now (epoch `state.epoch`) exactly as stage 1, on the catalogue re-encoded
+    by the adapted encoder; returns (result, best), best replaced on rank 0 when this epoch is the best."""
+    from ptmrec.encoders.adapters import adapter_state_dict
+
+    adapted = _encode_catalogue(cfg, student.encoder, inter.num_items, rank, world_size, device)
+    result = _evaluate_adapted(cfg, inter, student.recommender, adapted, rank, world_size, device)
+    if state.observe(result, cfg.eval.metric) and rank == 0:
+        best = {"adapter": cpu_state(adapter_state_dict(student.encoder)), "features": adapted,
+                "recommender": cpu_state(student.recommender.weights_without_features())}
+    return result, best
+
+
+def _split_metrics(result: dict) -> dict:
+    return {f"{split}/{k}": v for split in ("valid", "test") for k, v in result[split].items()}
+
+
 def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_size: int,
                       device: torch.device) -> dict[str, torch.Tensor]:
     """Every item through the adapted encoder, each rank its share of the shards, gathered on all ranks
     (on the CPU: the evaluation model is rebuilt from them)."""
     was_training = encoder.training
     ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device)
-    encoder.train(was_training)
+    set_train_mode(encoder, was_training)
     parts = [(ids, feats)]
     if world_size > 1:
         import torch.distributed as dist
@@ -319,7 +342,7 @@ def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.
     """Stage 1's evaluation of the student recommender rebuilt on the adapted features (FREEDOM rebuilds
     its item graph from them), on the device."""
     eval_model = build_recommender_from_config(cfg, inter, adapted)
-    eval_model.load_state_dict(recommender.weights_without_features(), strict=False)
+    eval_model.load_weights_without_features(recommender.weights_without_features())
     return evaluate_distributed(eval_model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
 
 
@@ -339,7 +362,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
     write_metrics(storage, out, {
         "stage": "stage2", "mode": cfg.stage2.mode, "model": cfg.recommender.name, "adapter": settings["adapter"],
         "dataset": manifest["dataset"], "valid": state.best.get("valid", {}), "test": state.best.get("test", {}),
-        "best_epoch": state.best_epoch, **params,
+        "best_epoch": state.best_epoch, "start_is_best": state.best_epoch == 0, **params,
         "encoder_trainable_share": params["encoder_trainable_params"] / max(params["encoder_total_params"], 1),
         "kt_weight": settings["kt_weight"], "temperature": cfg.stage2.kt.temperature,
         "wall_s": round(wall_s, 2), "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1),

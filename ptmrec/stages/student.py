@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptmrec.encoders.adapters import set_train_mode
 from ptmrec.losses import bpr_loss, item_item_kt, user_item_kt
 from ptmrec.runtime.device import encoder_autocast
 
@@ -106,6 +107,13 @@ class Student(nn.Module):
         self.kt_weight = kt_weight
         self.temperature = temperature
         self.kt_variant = kt_variant
+
+    def train(self, mode: bool = True) -> "Student":
+        """The recommender trains as usual; in the encoder only the adapter does, its frozen backbone stays
+        in eval mode (see `set_train_mode`)."""
+        super().train(mode)
+        set_train_mode(self.encoder, mode)
+        return self
 
     def encode(self, text_inputs: Optional[dict], pixel_values: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The chunk's adapted features: modality -> [n, d_m]."""

@@ -22,6 +22,7 @@ from ptmrec.encoders.adapters.registry import (
     count_parameters,
     load_adapter_state,
     register_adapter,
+    set_train_mode,
 )
 
 # Importing the built-in adapters registers them.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable
@@ -82,6 +83,35 @@ def apply_adapter(encoder: TwoTowerEncoder, name: str, **options: Any) -> TwoTow
     log.info("adapter %s: %s of %s encoder parameters train (%.3f %%)", key, f"{trainable:,}", f"{total:,}",
              100.0 * trainable / max(total, 1))
     return encoder
+
+
+def set_train_mode(encoder: nn.Module, mode: bool = True) -> None:
+    """Train mode for an adapted encoder: what trains follows `mode`; the frozen backbone stays in eval
+    mode (dropout off, BatchNorm on its running statistics), so that in training it computes exactly the
+    features stage 1, the teacher and evaluation see. Under ``full`` (or with no adapter) every module
+    follows `mode`, as in ordinary fine-tuning.
+
+    Adapter modules are the peft tuner layers (their own dropout, e.g. ``lora_dropout``, stays active) and
+    every module that owns a trainable parameter (deep prompts, the CNN padding prompt).
+    """
+    applied = getattr(encoder, "applied_adapter", None)
+    if applied is None or applied.name == "full":
+        encoder.train(mode)
+        return
+    encoder.train(False)
+    if not mode:
+        return
+    tuner_layer = _peft_tuner_layer_class()
+    for module in encoder.modules():
+        owns_trainable = any(p.requires_grad for p in module.parameters(recurse=False))
+        if owns_trainable or (tuner_layer is not None and isinstance(module, tuner_layer)):
+            module.train(True)
+
+
+def _peft_tuner_layer_class():
+    # Only if peft was imported: an encoder cannot hold peft layers otherwise (and importing it is slow).
+    module = sys.modules.get("peft.tuners.tuners_utils")
+    return getattr(module, "BaseTunerLayer", None)
 
 
 def count_parameters(encoder: nn.Module) -> tuple[int, int]:

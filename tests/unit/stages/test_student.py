@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ptmrec.stages.student import ItemUserIndex, Student
@@ -74,3 +75,27 @@ def test_only_the_encoder_runs_under_autocast_the_recommender_and_losses_stay_fl
     loss.backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in rec.parameters())
     assert rec.user_embedding.grad is not None
+
+
+@pytest.mark.parametrize("adapter", ["prompt", "lora"])
+def test_frozen_backbone_runs_without_dropout_while_the_student_trains(adapter):
+    """MiniLM has dropout 0.1: in train mode its features would change from call to call. In stage 2 the
+    frozen backbone stays in eval mode, so two training-mode forward passes are equal, and equal to eval."""
+    from ptmrec.encoders import build_encoder
+    from ptmrec.encoders.adapters import apply_adapter
+    from ptmrec.recommenders import build_recommender
+
+    encoder = apply_adapter(build_encoder("bundled", modalities=["text"]), adapter)
+    rec = build_recommender("vbpr", num_users=3, num_items=4, train_interactions=(np.array([0, 1]), np.array([1, 2])),
+                            features={"text": torch.randn(4, 384)})
+    student = Student(encoder, rec, torch.randn(3, 8), torch.randn(4, 8), 1.0, 1.0, "user_item").train()
+    assert student.training and rec.training and not encoder.text_tower.training
+    tokens = encoder.tokenize(["a red summer dress", "leather boots"])
+    first, second = (student.encode(tokens, None)["text"] for _ in range(2))
+    assert torch.equal(first, second)
+    student.eval()
+    with torch.no_grad():
+        assert torch.allclose(student.encode(tokens, None)["text"], first.detach(), atol=1e-6)
+    trainable_owners = [m for m in encoder.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    student.train()
+    assert trainable_owners and all(m.training for m in trainable_owners)
