@@ -13,10 +13,15 @@ import argparse
 import copy
 import os
 import socket
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root
+
+from benchmarks.floor import bare_encoder_step, best_rates  # noqa: E402
 
 
 def free_port() -> int:
@@ -44,7 +49,6 @@ def main() -> None:
     from ptmrec.encoders import build_encoder
     from ptmrec.encoders.adapters import adapter_options, apply_adapter
     from ptmrec.recommenders import build_recommender
-    from ptmrec.runtime.device import encoder_autocast, synchronize
     from ptmrec.runtime.ds_engine import build_ds_config, load_ds_config
     from ptmrec.stages.knowledge import effective_settings, make_student, stage2_engine, train_step
     from ptmrec.stages.student import ItemUserIndex
@@ -84,41 +88,20 @@ def main() -> None:
     engine = stage2_engine(student, cfg, settings, ds_config, device)
     index = ItemUserIndex(data.users[train], data.items[train], args.items)
     rng = np.random.default_rng(0)
+    bare_opt = torch.optim.Adam([p for p in bare_encoder.parameters() if p.requires_grad], lr=cfg.stage2.lr)
 
     def stage2_epoch() -> None:
         for batch in batches:
             train_step(engine, batch, index, cfg.stage2.pairs_per_step, rng, device)
 
-    bare_opt = torch.optim.Adam([p for p in bare_encoder.parameters() if p.requires_grad], lr=cfg.stage2.lr)
-
     def bare_epoch() -> None:
         for batch in batches:
-            batch = batch.to(device)
-            with encoder_autocast(device, cfg.encoder.precision):
-                feats = {"text": bare_encoder.encode_text(**batch.tokens), "image": bare_encoder.encode_image(batch.image)}
-            loss = sum(f.float().pow(2).mean() for f in feats.values())
-            bare_opt.zero_grad()
-            loss.backward()
-            bare_opt.step()
-
-    def items_per_s(fn) -> float:
-        best = 0.0
-        for _ in range(args.repeats):
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            best = max(best, args.items / (time.perf_counter() - t0))
-        return best
+            bare_encoder_step(bare_encoder, batch, bare_opt, device, cfg.encoder.precision)
 
     student.train()
     bare_encoder.train()
-    bare_epoch()  # warm-up of both paths (allocator, autotuning)
-    stage2_epoch()
-    results = []
-    for _ in range(2):  # interleaved, so machine noise hits both alike
-        results.append((items_per_s(bare_epoch), items_per_s(stage2_epoch)))
-    bare, full = max(r[0] for r in results), max(r[1] for r in results)
+    rates = best_rates({"bare": bare_epoch, "stage2": stage2_epoch}, args.items, 2 * args.repeats, device)
+    bare, full = rates["bare"], rates["stage2"]
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     total = sum(p.numel() for p in encoder.parameters())
     print(f"device {device}, encoder {args.encoder} + {args.adapter} ({trainable:,} of {total:,} weights train, "

@@ -73,6 +73,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository's own package, installed or not (a bare GPU machine)
 
+from benchmarks.floor import bare_encoder_step, best_rates  # noqa: E402  (after the path is set)
+
 # One H100, the same shapes (batch 256, bf16 autocast): image+text pairs per second.
 ANCHORS_H100 = {"frozen": 5372.0, "lora": 1814.0, "full": 1620.0}
 TARGET_STEP_OVER_BARE = 0.9
@@ -222,24 +224,6 @@ def stage_config(args, adapter: str):
 # ------------------------------------------------------------------------------------------ timing
 
 
-def best_rates(fns: dict[str, Callable[[], None]], items: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Items/s of each pass function: one warm-up pass each (allocator, cuBLAS/cuDNN choices), then
-    `repeats` rounds timing each in turn (interleaved, so machine noise hits all alike); the best round."""
-    from ptmrec.runtime.device import synchronize
-
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, 0.0)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            best[name] = max(best[name], items / (time.perf_counter() - t0))
-    return best
-
-
 def release(device: torch.device) -> None:
     """Free what the last measurement held, so the next one starts from an empty allocator."""
     gc.collect()
@@ -299,7 +283,6 @@ def measure_adapter(base, adapter: str, inputs, args, device: torch.device, with
     """(b) bare fwd + bwd + Adam of the adapted encoder; with `with_step`, (c) the job's `train_step` on a
     second copy of the same adapted encoder (DeepSpeed's ZeRO hooks own the engine's gradients), interleaved."""
     from ptmrec.encoders.adapters import adapter_options, apply_adapter, count_parameters
-    from ptmrec.runtime.device import encoder_autocast
     from ptmrec.stages.knowledge import effective_settings, train_step
 
     cfg = stage_config(args, adapter)
@@ -313,13 +296,7 @@ def measure_adapter(base, adapter: str, inputs, args, device: torch.device, with
 
     def bare_pass() -> None:
         for batch in batches:
-            batch = batch.to(device)
-            with encoder_autocast(device, cfg.encoder.precision):
-                feats = {"text": bare.encode_text(**batch.tokens), "image": bare.encode_image(batch.image)}
-            loss = sum(f.float().pow(2).mean() for f in feats.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            bare_encoder_step(bare, batch, optimizer, device, cfg.encoder.precision)
 
     fns = {"bare": bare_pass}
     engine = student = None

@@ -1,6 +1,6 @@
 """`Dataset` → WebDataset shards + `manifest.json` under `data.uri` (what `ptmrec prepare` does).
 
-Layout (DESIGN.md):
+Layout (the README's "Data preparation"):
     <data uri>/items/items-000000.tar         one sample per item: key = item id; .txt, .jpg (if any), .json
     <data uri>/interactions/users-000000.tar  one sample per user: .json {"user", "train", "valid", "test"}
     <data uri>/manifest.json                  written last; lists every shard with its sha256
@@ -161,7 +161,7 @@ def encode_jpeg(image: Image.Image, short_side: int, quality: int) -> bytes:
     """Resize so the short side is at most `short_side` (never upscale) and encode as JPEG.
 
     Stored images are pre-resized so that training hosts decode small JPEGs: decoding full-size
-    product photos on the host can starve a multi-GPU node (DESIGN.md, performance anchors).
+    product photos on the host can starve a multi-GPU node.
     """
     image = image.convert("RGB")
     w, h = image.size

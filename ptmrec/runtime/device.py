@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 import torch
 
@@ -37,20 +36,6 @@ def encoder_autocast(device: torch.device, precision: str = "bf16"):
     if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """Tensors (also inside dicts, lists, tuples and objects with `.to`) moved to `device` without
-    blocking the host; anything else unchanged."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
-        return type(value)(to_device(v, device) for v in value)
-    if hasattr(value, "to") and not isinstance(value, torch.nn.Module):
-        return value.to(device)
-    return value
 
 
 def pin(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ptmrec.runtime.device import encoder_autocast, pin, select_device, to_device
+from ptmrec.runtime.device import encoder_autocast, pin, select_device
 
 
 def test_cpu_runs_stay_on_the_cpu_in_float32():
@@ -18,18 +18,3 @@ def test_gpu_run_without_a_gpu_fails_with_one_clear_line(monkeypatch):
     with pytest.raises(RuntimeError, match=r"ray.use_gpu is true but this worker sees no CUDA device "
                                            r"\(CUDA_VISIBLE_DEVICES=\)"):
         select_device(True)
-
-
-def test_to_device_moves_nested_tensors_and_leaves_the_rest():
-    class Batch:
-        def __init__(self):
-            self.moved_to = None
-
-        def to(self, device):
-            self.moved_to = device
-            return self
-
-    value = {"ids": torch.arange(3), "pair": (torch.zeros(1), torch.ones(1)), "text": ["a"], "n": 3, "b": Batch()}
-    out = to_device(value, torch.device("cpu"))
-    assert torch.equal(out["ids"], value["ids"]) and isinstance(out["pair"], tuple)
-    assert out["text"] == ["a"] and out["n"] == 3 and out["b"].moved_to == torch.device("cpu")
