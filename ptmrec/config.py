@@ -55,6 +55,9 @@ class DataConfig:
     uri: str  # where `prepare` writes the shards and manifest.json
     path: Optional[str] = None  # the raw input: an MMRec directory for `mmrec`
     shard_items: int = 1000  # items per item shard
+    # item shards hold the items in this seed's random order, so that any run of shards (and stage 2's
+    # chunks) is a uniform draw over the catalogue, not a narrow id range
+    item_order_seed: int = 0
     shard_users: int = 5000  # users per interaction shard
     image_size: int = 256  # stored images are resized to this short side
     jpeg_quality: int = 90
@@ -118,7 +121,10 @@ class AdapterConfig:
     image_prompt_length: Optional[int] = None  # a transformer image tower's own prompt_length; null = prompt_length
     image_prompt_depth: Optional[int] = None  # a transformer image tower's own prompt_depth; null = prompt_depth
     prompt_pad: int = 30  # prompt, CNN image towers (EfficientNet): width in pixels of the learnable image border
-    prompt_init_std: float = 0.02  # prompt: std of the normal init; 0 = zeros (the CNN border then starts as identity)
+    prompt_init_std: float = 0.02  # prompt: std of the prompt tokens' normal init; 0 = zeros
+    # prompt: gated = prefix prompts behind zero gates (+ a zero CNN border): starts exactly at the frozen
+    # encoder; inserted = tokens inserted into the sequence (VPT-deep; shifts positions, border ~ init_std)
+    prompt_style: Literal["gated", "inserted"] = "gated"
     # peft methods (lora, dora, loha, lokr, vera, oft, boft, hra; ia3 takes only target_modules)
     rank: int = 8  # r for lora/dora/loha/lokr/vera/hra; the orthogonal block size for oft/boft
     alpha: int = 16  # scaling numerator for lora/dora/loha/lokr

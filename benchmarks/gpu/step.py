@@ -5,19 +5,19 @@ same --batches ready batches, `ptmrec.runtime.device.synchronize` around each pa
   a. frozen extraction: `ptmrec.stages.features.encode_batch(encoder, batch, device, "bf16")` under
      `torch.inference_mode()`, the call the frozen-feature job makes per batch;
   b. bare forward + backward + torch Adam step of the adapted encoder (loss: sum over modalities of the
-     squared mean of the features, as benchmarks/stage2.py) for LoRA r 8 on q_proj, v_proj; deep prompts
-     (length 4, all 12 layers of both towers); full fine-tuning;
+     squared mean of the features, as benchmarks/stage2.py) for LoRA r 8 on q_proj, v_proj; gated deep
+     prompts (the default style; length 4, all 12 layers of both towers); full fine-tuning;
   c. the job's own stage-2 step: `make_student` + `stage2_engine` (DeepSpeed, ZeRO stage 2 as the job) +
      `train_step` per batch, with a VBPR student over random frozen features of the catalogue (--users
      users, --per-user random interactions each, so every chunk has BPR pairs), interleaved with (b) for
      the same adapter so machine noise hits both alike;
-  d. the host pipeline of stage 2 (`ptmrec.stages.knowledge.item_stream`: resampled item shards, JPEG
+  d. the host pipeline of stage 2 (`ptmrec.stages.knowledge.item_stream`: each epoch's item shards, JPEG
      decode + resize + crop to uint8 + tokenise in --loader-workers DataLoader processes, pinned on CUDA)
      over real shards (--shards), against the fastest real step of (c); `--loader-workers 6,12` measures
      each K (the job's `gpu` profile runs 6 loader processes per GPU worker).
 Batches for a–c are ready `ItemBatch`es: uint8 pixels from `encoder.image_transform.pixels` (random
 images) and token ids from `encoder.text_tokenizer()`, texts long enough to fill max_text_len (77 tokens;
-73 with prompts, which take 4 positions), pinned on CUDA, as the loader processes hand them over.
+the gated prompts take no positions), pinned on CUDA, as the loader processes hand them over.
 
 The model: a randomly initialised `transformers.CLIPModel` with ViT-B/16's config (vision 12 layers, width
 768, 12 heads, patch 16, 224 px; text 12 layers, width 512, 8 heads, 77 positions, vocab 49408; projection
@@ -290,7 +290,7 @@ def measure_adapter(base, adapter: str, inputs, args, device: torch.device, with
     encoder = apply_adapter(copy.deepcopy(base), settings["adapter"],
                             **adapter_options(cfg.stage2.adapter, settings["adapter"]))
     trainable, total = count_parameters(encoder)
-    batches = ready_batches(inputs, encoder.text_tokenizer(), device)  # after the adapter: prompts take positions
+    batches = ready_batches(inputs, encoder.text_tokenizer(), device)  # after the adapter: an adapter may change the text budget
     bare = copy.deepcopy(encoder).to(device).train()
     optimizer = torch.optim.Adam([p for p in bare.parameters() if p.requires_grad], lr=cfg.stage2.lr)
 
@@ -322,12 +322,12 @@ def measure_adapter(base, adapter: str, inputs, args, device: torch.device, with
 
 
 def measure_loader(base, args, device: torch.device, k: int) -> dict:
-    """(d) items/s of stage 2's own item stream (`item_stream`: resampled shards, decode + resize + crop +
-    tokenise in K loader processes, pinned on CUDA) over the real shards; each pass starts its workers anew,
-    as each epoch of the job does."""
+    """(d) items/s of stage 2's own item stream (`item_stream`: the epoch's shards, decode + resize + crop +
+    tokenise in K loader processes, pinned on CUDA) over the real shards; a pass runs whole epochs (each
+    starts its workers anew, as each epoch of the job does) until it has at least `batches` batches."""
     from ptmrec.config import load_config
     from ptmrec.data.shards import load_manifest
-    from ptmrec.stages.knowledge import item_stream
+    from ptmrec.stages.knowledge import epoch_plan, item_stream
     from ptmrec.storage import Storage
 
     batches = args.loader_batches or max(8, 4 * k)  # enough per worker that start-up is not all it times
@@ -338,11 +338,14 @@ def measure_loader(base, args, device: torch.device, k: int) -> dict:
     manifest = load_manifest(storage, cfg.data.uri)
     shard_bytes = sum(os.path.getsize(storage_path(cfg.data.uri, e["name"])) for e in manifest["shards"]["items"]) \
         if cfg.data.uri.startswith("file://") else None
-    epochs = iter(range(10**6))  # a new epoch per pass: other shards drawn, as in the job
+    epochs = iter(range(10**6))  # every epoch a new order, as in the job
+    per_epoch = epoch_plan(cfg, manifest, 0, 1).steps
+    batches = -(-batches // per_epoch) * per_epoch
 
     def one_pass() -> None:
-        for _ in item_stream(cfg, storage, base, next(epochs), batches, 0, 1, device):
-            pass
+        for _ in range(batches // per_epoch):
+            for _ in item_stream(cfg, storage, base, next(epochs), 0, 1, device):
+                pass
 
     rate = best_rates({"loader": one_pass}, batches * args.batch, args.repeats, device)["loader"]
     return {"items_per_s": rate, "loader_workers": k, "batches_per_pass": batches, "uri": cfg.data.uri,

@@ -2,6 +2,7 @@
 
 Layout (the README's "Data preparation"):
     <data uri>/items/items-000000.tar         one sample per item: key = item id; .txt, .jpg (if any), .json
+                                              (items in a random order of `data.item_order_seed`)
     <data uri>/interactions/users-000000.tar  one sample per user: .json {"user", "train", "valid", "test"}
     <data uri>/manifest.json                  written last; lists every shard with its sha256
 
@@ -21,6 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -129,12 +131,18 @@ def shard_hashes(manifest: dict, data_uri: str, kind: str) -> dict[str, str]:
     return {join(data_uri, e["name"]): e["sha256"] for e in manifest["shards"][kind]}
 
 
+def shard_counts(manifest: dict, data_uri: str, kind: str) -> dict[str, int]:
+    """URL → samples in every shard of `kind`, in the manifest's order."""
+    return {join(data_uri, e["name"]): e["count"] for e in manifest["shards"][kind]}
+
+
 # ------------------------------------------------------------------------------------------ building
 
 
 def _all_shards(dataset: Dataset, cfg: DataConfig) -> Iterator[tuple[str, Shard]]:
+    order = np.random.default_rng(cfg.item_order_seed).permutation(dataset.num_items).tolist()
     for i, start in enumerate(range(0, dataset.num_items, cfg.shard_items)):
-        items = range(start, min(start + cfg.shard_items, dataset.num_items))
+        items = order[start:start + cfg.shard_items]
         samples = (_item_sample(dataset, item, cfg) for item in items)
         yield "items", Shard(f"items/items-{i:06d}.tar", len(items), _tar(samples))
     per_user = dataset.per_user()

@@ -5,14 +5,14 @@ Shards are opened through `Storage` (one persistent boto3 client per process), n
 sample is used: a corrupt, truncated or replaced shard fails naming the shard.
 
 Two reading modes:
-- `resample=False`: every shard once, split by rank then by DataLoader worker (feature extraction,
+- once (`plan=None`): every shard once, split by rank then by DataLoader worker (feature extraction,
   evaluation): every item of the rank's shards exactly once, whatever `num_workers`. Ranks may get
   different sample counts: use it where no collective op runs per batch.
-- `resample=True`: shards drawn at random per rank (and per worker) with a fixed number of batches
-  per epoch, `batches_per_epoch`, so every rank runs the same number of steps (unequal counts hang
-  the gradient all-reduce). `make_loader` keeps that count with workers: each of its K workers
-  stops after ceil(N / K) batches and the loader after exactly N (pass `loader_workers=K` to
-  `item_pipeline` too, or let `make_loader` adjust a copy of the pipeline).
+- training epochs (`plan=plan_epoch(...)`, see `ptmrec.data.epochs`): each rank's DataLoader workers
+  read the shards the plan deals them, each shard's items in a shuffled order, and together yield
+  exactly `plan.steps` full batches, the same on every rank (unequal counts hang the gradient
+  all-reduce), covering every item of the catalogue. Build the loader with `make_loader(pipeline,
+  num_workers=K)` for the plan's K workers.
 
 Where the work happens: `item_pipeline(transform=encoder.image_transform,
 tokenize=encoder.text_tokenizer())` decodes JPEGs, resizes and crops them to uint8 pixels
@@ -25,13 +25,12 @@ accepts uint8). Every stage is picklable (no closures), so any multiprocessing s
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import io
 import json
-import math
 import os
+import random
 import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -42,6 +41,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys
 
+from ptmrec.data.epochs import EpochPlan, ReaderShare
 from ptmrec.data.shards import load_manifest, shard_hashes
 from ptmrec.storage import Storage
 
@@ -62,6 +62,64 @@ def _split_by_rank(src: Iterable[dict], rank: int, world_size: int) -> Iterator[
     for i, sample in enumerate(src):
         if i % world_size == rank:
             yield sample
+
+
+def _reader_share(plan: EpochPlan, rank: int) -> tuple[int, ReaderShare]:
+    """(worker id, share) of the DataLoader worker this runs in (worker 0 in the main process)."""
+    info = torch.utils.data.get_worker_info()
+    worker = info.id if info is not None else 0
+    readers = len(plan.shares[rank])
+    if (info.num_workers if info is not None else 1) != readers:
+        raise ValueError(f"this epoch plan is for {readers} loader worker(s) per rank; build the loader with "
+                         f"make_loader(pipeline, num_workers={readers if readers > 1 else '0 or 1'})")
+    return worker, plan.share(rank, worker)
+
+
+class EpochShards(torch.utils.data.IterableDataset):
+    """Source stage: this worker's shards from an `EpochPlan`, as {"url"}, cycling in a fresh order per pass."""
+
+    def __init__(self, plan: EpochPlan, rank: int, seed: int) -> None:
+        self.plan, self.rank, self.seed = plan, rank, seed
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, share = _reader_share(self.plan, self.rank)
+        if not share.urls or not share.batches:
+            return
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}")
+        while True:  # the batch quota (`take_share`) ends it
+            urls = list(share.urls)
+            rng.shuffle(urls)
+            for url in urls:
+                yield {"url": url}
+
+
+def open_shuffled_shards(storage: Storage, expected_sha256: Optional[dict[str, str]], seed: int, rank: int):
+    """Stage: {"url"} → that shard's samples (as `open_shards` + `group_by_keys` give them) in a random order."""
+    return functools.partial(_open_shuffled_shards, storage=storage, expected_sha256=expected_sha256,
+                             seed=seed, rank=rank)
+
+
+def _open_shuffled_shards(src: Iterable[dict], storage: Storage, expected_sha256: Optional[dict[str, str]],
+                          seed: int, rank: int) -> Iterator[dict]:
+    info = torch.utils.data.get_worker_info()
+    rng = random.Random(f"{seed}/{rank}/{info.id if info is not None else 0}/items")
+    for source in src:
+        samples = list(group_by_keys(_open_shards([source], storage, expected_sha256)))
+        rng.shuffle(samples)
+        yield from samples
+
+
+def take_share(plan: EpochPlan, rank: int):
+    """Stage: stop after this worker's batch quota in the plan."""
+    return functools.partial(_take_share, plan=plan, rank=rank)
+
+
+def _take_share(src: Iterable, plan: EpochPlan, rank: int) -> Iterator:
+    _, share = _reader_share(plan, rank)
+    for i, batch in enumerate(src):
+        if i >= share.batches:
+            return
+        yield batch
 
 
 def open_shards(storage: Storage, expected_sha256: Optional[dict[str, str]] = None):
@@ -201,37 +259,29 @@ def _pixels(transform: ImageBatchTransform, images: list[Image.Image]) -> torch.
 
 def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: int = 0, world_size: int = 1,
                   transform: Optional[ImageBatchTransform] = None, tokenize: Optional[TextTokenize] = None,
-                  shuffle_buffer: int = 0, seed: int = 0, resample: bool = False,
-                  batches_per_epoch: Optional[int] = None, loader_workers: int = 0,
+                  shuffle_buffer: int = 0, seed: int = 0, plan: Optional[EpochPlan] = None,
                   expected_sha256: Optional[dict[str, str]] = None, partial: bool = True) -> wds.DataPipeline:
     """A WebDataset pipeline yielding `ItemBatch`es; see the module docstring for the two modes.
 
     `transform` (an `ImageTransform`): images are decoded and become uint8 pixels, else they are skipped.
     `tokenize` (`encoder.text_tokenizer()`): batches carry `tokens` besides `text`.
-    With `resample`, `batches_per_epoch` (N) is per rank, and `make_loader(pipeline, num_workers=K)`
-    yields exactly N per iteration whatever K. `loader_workers` is the K the pipeline is meant for: each
-    copy of it stops after ceil(N / K) batches (N when 0), which is what it yields if iterated directly;
-    `make_loader` re-derives this for its own `num_workers` when they differ.
+    `plan` (training epochs): `urls` are ignored for the plan's own, `seed` orders shards and items, every
+    batch is full, and the loader over all of the plan's workers yields exactly `plan.steps` batches.
     """
-    if loader_workers < 0:
-        raise ValueError(f"loader_workers must be 0 or more, got {loader_workers}")
-    if resample:
-        stages = [wds.ResampledShards(urls, seed=seed + 7919 * rank, deterministic=True)]
+    if plan is not None:
+        stages = [EpochShards(plan, rank, seed), open_shuffled_shards(storage, expected_sha256, seed, rank)]
     else:
-        stages = [wds.SimpleShardList(urls), split_by_rank(rank, world_size)]
-    stages += [wds.split_by_worker, open_shards(storage, expected_sha256), group_by_keys]
+        stages = [wds.SimpleShardList(urls), split_by_rank(rank, world_size), wds.split_by_worker,
+                  open_shards(storage, expected_sha256), group_by_keys]
     if shuffle_buffer:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank))
     stages += [wds.map(decode_item(transform)),
                wds.batched(batch_size, collation_fn=collate_items(transform, tokenize),
-                           partial=partial and not resample)]
+                           partial=partial and plan is None)]
+    if plan is not None:
+        stages.append(take_share(plan, rank))
     pipeline = wds.DataPipeline(*stages)
-    if resample:
-        if not batches_per_epoch:
-            raise ValueError("resample=True needs batches_per_epoch (the same for every rank)")
-        pipeline = pipeline.with_epoch(nbatches=math.ceil(batches_per_epoch / max(loader_workers, 1)))
-        pipeline.batches_per_epoch = batches_per_epoch  # per rank, over all loader workers (make_loader)
-        pipeline.loader_workers = loader_workers
+    pipeline.plan = plan
     return pipeline
 
 
@@ -239,29 +289,25 @@ def make_loader(pipeline: wds.DataPipeline, num_workers: int = 0, pin_memory: bo
     """Iterate `pipeline` in `num_workers` DataLoader processes (0: in this process); batches are already
     formed by the pipeline.
 
-    A resampled pipeline (`batches_per_epoch=N`) still yields exactly N batches per iteration: each worker
-    stops after ceil(N / num_workers) and the loader after N. `pin_memory` puts batches in pinned memory
-    (when an accelerator exists) so that `batch.to(device)` copies asynchronously. Workers run with
-    `TOKENIZERS_PARALLELISM=false`. The pipeline passed in is left unchanged.
+    A pipeline with an epoch plan must be given the plan's number of workers (a `ValueError` otherwise).
+    `pin_memory` puts batches in pinned memory (when an accelerator exists) so that `batch.to(device)`
+    copies asynchronously. Workers run with `TOKENIZERS_PARALLELISM=false`.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
-    batches = getattr(pipeline, "batches_per_epoch", None)
-    if batches is not None and getattr(pipeline, "loader_workers", 0) != num_workers:
-        pipeline = copy.copy(pipeline).with_epoch(nbatches=math.ceil(batches / max(num_workers, 1)))
-        pipeline.loader_workers = num_workers
+    plan = getattr(pipeline, "plan", None)
+    if plan is not None and len(plan.shares[0]) != max(num_workers, 1):
+        raise ValueError(f"this pipeline's epoch plan is for {len(plan.shares[0])} loader worker(s) per rank, "
+                         f"not {num_workers}")
     pin = pin_memory and torch.accelerator.is_available()
     if num_workers == 0 and not pin:
         return pipeline
     if num_workers > 0:
         # Tokenizers that ran threads in this process warn at each fork unless this is set before it.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin,
-                           worker_init_fn=_loader_worker_init if num_workers > 0 else None,
-                           persistent_workers=False)
-    if batches is not None:
-        loader = loader.with_epoch(batches)  # workers yield K·ceil(N/K) >= N in all: cut at exactly N
-    return loader
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin,
+                         worker_init_fn=_loader_worker_init if num_workers > 0 else None,
+                         persistent_workers=False)
 
 
 def _loader_worker_init(worker_id: int) -> None:
@@ -272,7 +318,7 @@ def _loader_worker_init(worker_id: int) -> None:
 def items_from_manifest(storage: Storage, data_uri: str, **kwargs) -> wds.DataPipeline:
     """`item_pipeline` over the item shards a manifest lists, with their hashes checked.
 
-    `kwargs` are `item_pipeline`'s (batch_size, rank, world_size, transform, tokenize, resample, …).
+    `kwargs` are `item_pipeline`'s (batch_size, rank, world_size, transform, tokenize, plan, …).
     """
     manifest = load_manifest(storage, data_uri)
     sha = shard_hashes(manifest, data_uri, "items")

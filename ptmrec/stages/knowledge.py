@@ -3,7 +3,7 @@
 Driver (`run_knowledge_stage`): needs only the run URI (stage 1's model, teacher and frozen features live
 there) and runs `knowledge_worker` on Ray Train workers. Each worker: setup (teacher, student recommender
 from stage 1, encoder + adapter) → DeepSpeed engine (adapters at `stage2.lr`, the recommender at its own
-lower `recommender_lr`) → per epoch: item-centric steps on resampled item shards (every rank the same
+lower `recommender_lr`) → per epoch: item-centric steps over every item once (`epoch_plan`: every rank the same
 number of steps), re-encode the catalogue with the adapted encoder, evaluate exactly as stage 1 (the
 starting point too, as epoch 0: the best epoch is chosen among it and the trained ones),
 checkpoint (adapters + recommender only), early-stop on valid → rank 0 saves the best adapters, the
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ptmrec.config import Config
-from ptmrec.data.shards import load_manifest
+from ptmrec.data.epochs import EpochPlan, plan_epoch
+from ptmrec.data.shards import load_manifest, shard_counts
 from ptmrec.data.stream import ItemBatch, items_from_manifest, make_loader, read_interactions
 from ptmrec.recommenders import get_recommender_class
 from ptmrec.report import write_report
@@ -93,7 +94,7 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     sc = cfg.stage2
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=sc.items_per_step * sc.num_workers,
                                 num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage)
-    steps = max(1, -(-manifest["num_items"] // (sc.items_per_step * sc.num_workers)))
+    steps = epoch_plan(cfg, manifest, 0, sc.num_workers).steps  # the same every epoch
     log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, ZeRO-%d",
              sc.mode, settings["adapter"], settings["kt_weight"], sc.kt.temperature, sc.num_workers,
              sc.items_per_step, steps, sc.zero_stage)
@@ -263,8 +264,8 @@ class EpochRun:
         sums: dict[str, torch.Tensor] = {}
         t0 = t_log = time.perf_counter()
         logged_items = 0
-        for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.steps, self.rank,
-                                 self.world_size, self.device):
+        for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank, self.world_size,
+                                 self.device):
             parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device)
             for k, v in parts.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
@@ -283,19 +284,27 @@ class EpochRun:
         return epoch_s, {k: float(v) / self.steps for k, v in sums.items()}
 
 
-def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, steps: int, rank: int, world_size: int,
+def epoch_plan(cfg: Config, manifest: dict, epoch: int, world_size: int) -> EpochPlan:
+    """Which item shards each rank's loader workers read in `epoch`, and the steps (every rank the same)."""
+    return plan_epoch(shard_counts(manifest, cfg.data.uri, "items"), batch_size=cfg.stage2.items_per_step,
+                      world_size=world_size, workers=cfg.ray.loader_workers, seed=_epoch_seed(cfg, epoch))
+
+
+def _epoch_seed(cfg: Config, epoch: int) -> int:
+    return cfg.run.seed * 1000 + epoch
+
+
+def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, rank: int, world_size: int,
                 device: torch.device):
-    """This rank's chunks for one epoch: `steps` batches of `items_per_step` items (resampled shards, so
-    every rank runs the same number of steps), decoded and tokenised by `ray.loader_workers` processes,
-    pinned for the copy to a GPU."""
+    """This rank's chunks for one epoch (`epoch_plan`): `items_per_step` items each, every item of the
+    catalogue in the epoch, in a fresh random order, decoded and tokenised by `ray.loader_workers`
+    processes, pinned for the copy to a GPU."""
     manifest = load_manifest(storage, cfg.data.uri)
-    sc = cfg.stage2
     stream = items_from_manifest(
-        storage, cfg.data.uri, batch_size=sc.items_per_step, rank=rank, world_size=world_size,
+        storage, cfg.data.uri, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,
         transform=encoder.image_transform if "image" in manifest["modalities"] else None,
         tokenize=encoder.text_tokenizer() if "text" in manifest["modalities"] else None,
-        resample=True, batches_per_epoch=steps, shuffle_buffer=4 * sc.items_per_step,
-        seed=cfg.run.seed * 1000 + epoch, loader_workers=cfg.ray.loader_workers)
+        plan=epoch_plan(cfg, manifest, epoch, world_size), seed=_epoch_seed(cfg, epoch))
     return make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
 
 

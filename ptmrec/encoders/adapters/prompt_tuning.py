@@ -1,9 +1,16 @@
 """The ``prompt`` adapter (the paper's choice): prompts in both towers, each in its own way.
 
-Transformer towers (CLIP text/vision, BERT/MiniLM) get deep prompt tokens (``prompts.py``); the
-EfficientNet image tower gets a learnable border on its input (``cnn_prompts.py``, where the choice
-is explained). Lengths and depths can differ per tower; ``None`` per-tower values fall back to the
-shared ``prompt_length`` / ``prompt_depth``.
+Transformer towers (CLIP text/vision, BERT/MiniLM) get deep prompts in one of two styles:
+
+- ``gated`` (default): prefix keys and values behind zero-initialised gates (``gated_prompts.py``);
+  the adapted tower starts exactly at the frozen one, so stage 2 starts exactly at stage 1;
+- ``inserted``: prompt tokens inserted into the sequence (``prompts.py``, VPT-deep as in MaPLe); they
+  move the input's positions and change the features before any training.
+
+The EfficientNet image tower gets a learnable border on its input (``cnn_prompts.py``, where the
+choice is explained), zeros in the ``gated`` style (an exact identity) and normal(0,
+``prompt_init_std``) in the ``inserted`` one. Lengths and depths can differ per tower; ``None``
+per-tower values fall back to the shared ``prompt_length`` / ``prompt_depth``.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ import logging
 from torch import nn
 
 from ptmrec.encoders.adapters.cnn_prompts import add_padding_prompt
+from ptmrec.encoders.adapters.gated_prompts import add_gated_prompts
 from ptmrec.encoders.adapters.prompts import add_deep_prompts
 from ptmrec.encoders.adapters.registry import register_adapter
 from ptmrec.encoders.adapters.towers import CNN_KINDS, tower_kind, towers, transformer_layers
 
 log = logging.getLogger(__name__)
+
+PROMPT_STYLES = ("gated", "inserted")
 
 
 @register_adapter("prompt")
@@ -32,6 +42,7 @@ def prompt(
     image_prompt_depth: int | None = None,
     prompt_pad: int = 30,
     prompt_init_std: float = 0.02,
+    prompt_style: str = "gated",
 ) -> None:
     """Add prompts to every present tower.
 
@@ -40,8 +51,12 @@ def prompt(
             ones, for transformer towers; depth None = all layers.
         text_prompt_*, image_prompt_*: per-tower overrides; None = the shared value.
         prompt_pad: border width in pixels for a CNN image tower.
-        prompt_init_std: std of the normal init (0 = zeros).
+        prompt_init_std: std of the prompt tokens' normal init (0 = zeros); also the CNN border's in
+            the ``inserted`` style.
+        prompt_style: ``gated`` (starts at the frozen tower) or ``inserted`` (see the module doc).
     """
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, got {prompt_style!r}")
     per_tower = {"text": (text_prompt_length, text_prompt_depth), "image": (image_prompt_length, image_prompt_depth)}
     plan = []  # settle every tower's settings before changing any, so that a bad option changes nothing
     for modality, tower in towers(encoder):
@@ -65,9 +80,13 @@ def prompt(
 
     for modality, tower, kind, length, depth in plan:
         if kind in CNN_KINDS:
-            add_padding_prompt(tower, image_size=encoder.image_size, width=prompt_pad, init_std=prompt_init_std)
+            border_std = 0.0 if prompt_style == "gated" else prompt_init_std
+            add_padding_prompt(tower, image_size=encoder.image_size, width=prompt_pad, init_std=border_std)
             log.info("prompt: %s tower is a CNN: learnable %d-pixel border on its %dx%d input (no depth)",
                      modality, prompt_pad, encoder.image_size, encoder.image_size)
+            continue
+        if prompt_style == "gated":
+            add_gated_prompts(tower, length=length, depth=depth, init_std=prompt_init_std)
             continue
         if modality == "text":
             _leave_room_for_prompts(encoder, tower, length)

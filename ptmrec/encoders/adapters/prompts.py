@@ -37,29 +37,22 @@ import functools
 import torch
 from torch import nn
 
-from ptmrec.encoders.adapters.towers import max_positions, tower_kind, transformer_layers
+from ptmrec.encoders.adapters.towers import max_positions, prompted_layers
 
 PROMPT_START = 1  # prompts follow the first (CLS / BOS) token
 
 
-class DeepPrompts(nn.Module):
-    """Learnable prompt tokens for the first ``depth`` layers of one transformer tower.
+class LayerPrompts(nn.Module):
+    """Learnable prompt tokens for the first ``depth`` layers of one transformer tower: ``tokens``
+    ``[depth, P, D]``, normal(0, ``init_std``) (zeros when ``init_std`` is 0)."""
 
-    ``tokens``: ``[depth, P, D]``, normal(0, ``init_std``) (zeros when ``init_std`` is 0): small,
-    so that the prompted tower starts near the frozen one.
-    """
-
-    def __init__(self, *, depth: int, length: int, width: int, init_std: float, reserve_in_input: bool,
-                 max_positions: int | None = None) -> None:
+    def __init__(self, *, depth: int, length: int, width: int, init_std: float) -> None:
         super().__init__()
         if length < 1 or depth < 1:
             raise ValueError(f"prompt length and depth must be >= 1, got length={length}, depth={depth}")
         self.tokens = nn.Parameter(torch.zeros(depth, length, width))
         if init_std > 0:
             nn.init.normal_(self.tokens, std=init_std)
-        # Text towers get slots reserved in input_ids; vision towers get them inserted before layer 0.
-        self.reserve_in_input = reserve_in_input
-        self.max_positions = max_positions
 
     @property
     def length(self) -> int:
@@ -68,6 +61,18 @@ class DeepPrompts(nn.Module):
     @property
     def depth(self) -> int:
         return self.tokens.shape[0]
+
+
+class DeepPrompts(LayerPrompts):
+    """Prompt tokens inserted into the sequence (small ``init_std``, so that the prompted tower starts
+    near the frozen one)."""
+
+    def __init__(self, *, depth: int, length: int, width: int, init_std: float, reserve_in_input: bool,
+                 max_positions: int | None = None) -> None:
+        super().__init__(depth=depth, length=length, width=width, init_std=init_std)
+        # Text towers get slots reserved in input_ids; vision towers get them inserted before layer 0.
+        self.reserve_in_input = reserve_in_input
+        self.max_positions = max_positions
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -123,11 +128,7 @@ def add_deep_prompts(tower: nn.Module, *, length: int, depth: int | None, init_s
 
     ``depth`` None means every layer. Returns the prompts (trainable; the tower is untouched otherwise).
     """
-    kind = tower_kind(tower)
-    layers = transformer_layers(tower)
-    depth = len(layers) if depth is None else depth
-    if not 1 <= depth <= len(layers):
-        raise ValueError(f"prompt depth must be in [1, {len(layers)}] for this {kind} tower, got {depth}")
+    kind, layers, depth = prompted_layers(tower, depth)
     width = tower.config.hidden_size
     is_text = kind in ("clip_text", "bert")
     prompts = DeepPrompts(depth=depth, length=length, width=width, init_std=init_std,

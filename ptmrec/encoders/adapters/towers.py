@@ -57,6 +57,17 @@ def transformer_layers(tower: nn.Module) -> nn.ModuleList:
     return inner.encoder.layer if kind == "bert" else inner.encoder.layers
 
 
+def prompted_layers(tower: nn.Module, depth: int | None) -> tuple[str, nn.ModuleList, int]:
+    """``(kind, layers, depth)`` for prompts in the first ``depth`` layers (None: every layer); a
+    ``ValueError`` when the depth does not fit the tower."""
+    kind = tower_kind(tower)
+    layers = transformer_layers(tower)
+    depth = len(layers) if depth is None else depth
+    if not 1 <= depth <= len(layers):
+        raise ValueError(f"prompt depth must be in [1, {len(layers)}] for this {kind} tower, got {depth}")
+    return kind, layers, depth
+
+
 def max_positions(tower: nn.Module) -> int | None:
     """How many tokens a text tower's position embeddings cover; None for image towers."""
     if tower_kind(tower) in ("clip_text", "bert"):

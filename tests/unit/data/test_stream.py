@@ -5,7 +5,8 @@ import torch
 
 from ptmrec.config import DataConfig
 from ptmrec.encoders.images import ImageTransform
-from ptmrec.data.shards import ManifestError, write_shards
+from ptmrec.data.epochs import plan_epoch
+from ptmrec.data.shards import ManifestError, load_manifest, shard_counts, write_shards
 from ptmrec.data.sources.synthetic import make_synthetic
 from ptmrec.data.stream import (ItemBatch, ShardError, item_pipeline, items_from_manifest,
                                 make_loader, read_interactions)
@@ -43,14 +44,6 @@ def test_batches_carry_text_and_uint8_pixels(prepared):
     drawn = transform.pixels([data.item_image(i) for i in batch.item.tolist()])
     assert (batch.image.float() - drawn.float()).abs().mean() < 8
     torch.testing.assert_close(transform.normalize(batch.image), (batch.image.float() / 255 - 0.5) / 0.5)
-
-
-def test_resampling_gives_every_rank_the_same_number_of_batches(prepared):
-    _, uri, _ = prepared
-    counts = [sum(1 for _ in items_from_manifest(Storage(), uri, batch_size=4, rank=r, world_size=3,
-                                                  resample=True, batches_per_epoch=7, shuffle_buffer=20))
-              for r in range(3)]
-    assert counts == [7, 7, 7]
 
 
 def test_shuffle_changes_order_but_not_content(prepared):
@@ -107,29 +100,53 @@ def tiny():
     return build_encoder("tiny-clip")
 
 
-@pytest.mark.parametrize("workers", [0, 1, 2])
-def test_resampled_loader_yields_exactly_the_epoch_with_workers(prepared, workers):
-    _, uri, _ = prepared
-    counts = []
-    for rank in range(2):
-        # 7 batches over 2 workers: 4 each, cut at 7 (not 2 x 7, as epochs counted per worker would give).
-        pipe = items_from_manifest(Storage(), uri, batch_size=4, rank=rank, world_size=2, resample=True,
-                                   batches_per_epoch=7, shuffle_buffer=8, loader_workers=workers)
-        loader = make_loader(pipe, num_workers=workers)
-        counts.append([sum(1 for _ in loader) for _epoch in range(2)])
-    assert counts == [[7, 7], [7, 7]]
+def epoch_pipeline(uri, *, rank, world_size, workers, seed=0, batch_size=4, **kwargs):
+    manifest = load_manifest(Storage(), uri)
+    plan = plan_epoch(shard_counts(manifest, uri, "items"), batch_size=batch_size, world_size=world_size,
+                      workers=workers, seed=seed)
+    pipe = items_from_manifest(Storage(), uri, batch_size=batch_size, rank=rank, world_size=world_size,
+                               plan=plan, seed=seed, **kwargs)
+    return plan, pipe
 
 
-def test_make_loader_adjusts_a_pipeline_built_for_other_workers(prepared):
+@pytest.mark.parametrize(("world_size", "workers"), [(1, 0), (1, 2), (2, 0), (2, 2), (3, 1)])
+def test_an_epoch_covers_every_item_with_the_same_steps_on_every_rank(prepared, world_size, workers):
+    data, uri, _ = prepared  # 50 items in 5 shards of 10
+    seen, steps = collections.Counter(), []
+    for rank in range(world_size):
+        plan, pipe = epoch_pipeline(uri, rank=rank, world_size=world_size, workers=workers)
+        batches = [b.item.tolist() for b in make_loader(pipe, num_workers=workers)]
+        assert all(len(b) == 4 for b in batches)  # full chunks only
+        steps.append(len(batches))
+        seen.update(i for b in batches for i in b)
+    assert steps == [plan.steps] * world_size
+    assert set(seen) == set(range(data.num_items))
+    if world_size == 1:  # one rank: each item once, bar the last chunk's fill-up
+        assert sum(seen.values()) - data.num_items < 4
+
+
+def test_each_epoch_draws_a_new_order(prepared):
     _, uri, _ = prepared
-    pipe = items_from_manifest(Storage(), uri, batch_size=4, resample=True, batches_per_epoch=5)
-    assert sum(1 for _ in make_loader(pipe, num_workers=2)) == 5
-    assert sum(1 for _ in pipe) == 5  # the pipeline passed in is unchanged
-    built_for_two = items_from_manifest(Storage(), uri, batch_size=4, resample=True, batches_per_epoch=5,
-                                        loader_workers=2)
-    assert sum(1 for _ in built_for_two) == 3  # one worker's share, ceil(5 / 2)
-    assert sum(1 for _ in make_loader(built_for_two, num_workers=0)) == 5
-    assert sum(1 for _ in make_loader(built_for_two, num_workers=1)) == 5
+    orders = [[i for b in epoch_pipeline(uri, rank=0, world_size=1, workers=0, seed=s)[1] for i in b.item.tolist()]
+              for s in (0, 0, 1)]
+    assert orders[0] == orders[1] and orders[0] != orders[2]
+    # chunks mix the catalogue: not runs of consecutive ids
+    assert max(orders[0][:4]) - min(orders[0][:4]) > 4
+
+
+def test_an_epoch_pipeline_needs_its_plans_workers(prepared):
+    _, uri, _ = prepared
+    _, pipe = epoch_pipeline(uri, rank=0, world_size=1, workers=2)
+    with pytest.raises(ValueError, match=r"epoch plan is for 2 loader worker\(s\) per rank, not 1"):
+        make_loader(pipe, num_workers=1)
+    with pytest.raises(ValueError, match="epoch plan is for 2 loader worker"):
+        list(pipe)  # iterated in this process: one reader, not two
+
+
+def test_prepare_writes_items_in_a_seeded_random_order(prepared):
+    _, uri, _ = prepared
+    first = next(iter(items_from_manifest(Storage(), uri, batch_size=10))).item.tolist()
+    assert sorted(first) != first and max(first) - min(first) > 10
 
 
 def test_workers_deliver_uint8_pixels_and_tokens_every_item_once(prepared, tiny):
@@ -169,6 +186,8 @@ def test_pipelines_pickle(prepared, tiny):
 
     _, uri, _ = prepared
     pipe = items_from_manifest(Storage(), uri, batch_size=4, transform=tiny.image_transform,
-                               tokenize=tiny.text_tokenizer(), resample=True, batches_per_epoch=3)
+                               tokenize=tiny.text_tokenizer())
     again = pickle.loads(pickle.dumps(pipe))
-    assert sum(1 for _ in again) == 3
+    assert sum(1 for _ in again) == 13
+    _, epoch = epoch_pipeline(uri, rank=0, world_size=1, workers=0, tokenize=tiny.text_tokenizer())
+    assert sum(1 for _ in pickle.loads(pickle.dumps(epoch))) == 13

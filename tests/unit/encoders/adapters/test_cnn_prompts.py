@@ -48,4 +48,4 @@ def test_token_options_do_not_apply_to_the_cnn(fresh_bundled):
 
 def test_border_width_sets_the_cost(fresh_bundled):
     encoder = apply_adapter(fresh_bundled, "prompt", prompt_pad=8, text_prompt_depth=1)
-    assert count_parameters(encoder)[0] == 3 * (224 ** 2 - 208 ** 2) + 4 * 384
+    assert count_parameters(encoder)[0] == 3 * (224 ** 2 - 208 ** 2) + 4 * 384 + 12  # + a gate per text head

@@ -1,14 +1,20 @@
-"""Deep prompts in transformer towers: where they sit, what pools, what the masks see."""
+"""Inserted deep prompts (``prompt_style: inserted``) in transformer towers: where they sit, what pools,
+what the masks see. The default gated style has its own tests (``test_gated_prompts.py``)."""
 
 from __future__ import annotations
 
 import copy
 
+import functools
+
 import pytest
 import torch
 
-from ptmrec.encoders.adapters import apply_adapter
+from ptmrec.encoders.adapters import apply_adapter as apply_any_adapter
 from ptmrec.encoders.tiny_clip import HashingTokenizer
+
+
+apply_adapter = functools.partial(apply_any_adapter, prompt_style="inserted")
 
 
 def eos_positions(input_ids: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,23 @@ def test_gradients_reach_only_the_adapter_on_tiny_clip(name, tiny_clip, inputs):
         assert 0 < count_parameters(encoder)[0] < 0.1 * count_parameters(encoder)[1]
 
 
+@pytest.mark.parametrize("encoder_name", ["tiny-clip", "bundled"])
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_adapter_starts_at_the_frozen_encoder(name, encoder_name, tiny_clip, fresh_bundled, inputs):
+    # Stage 2 must start exactly at stage 1: with its default options, no adapter changes a feature
+    # (that the frozen backbone also computes them in training is test_student's).
+    encoder = tiny_clip if encoder_name == "tiny-clip" else fresh_bundled
+    pixels, text = inputs(encoder)
+    with torch.no_grad():
+        frozen = encoder.encode_image(pixels), encoder.encode_text(**text)
+        try:
+            apply_adapter(encoder, name)
+        except ValueError as error:  # e.g. no peft target in the CNN tower: nothing to compare
+            pytest.skip(str(error))
+        torch.testing.assert_close(encoder.encode_image(pixels), frozen[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encoder.encode_text(**text), frozen[1], atol=1e-5, rtol=1e-5)
+
+
 def test_none_trains_nothing_and_changes_nothing(tiny_clip, inputs):
     pixels, text = inputs(tiny_clip)
     with torch.no_grad():
@@ -153,7 +170,7 @@ def test_state_dict_is_a_copy(tiny_clip):
 def test_load_is_strict_and_names_the_keys(tiny_clip):
     encoder = apply_adapter(tiny_clip, "prompt")
     state = adapter_state_dict(encoder)
-    with pytest.raises(ValueError, match=r"missing keys \[text_tower.prompts.tokens\], unexpected keys none"):
+    with pytest.raises(ValueError, match=r"missing keys \[text_tower.prompts.gates, text_tower.prompts.tokens\], unexpected keys none"):
         load_adapter_state(encoder, {k: v for k, v in state.items() if k.startswith("image")})
     with pytest.raises(ValueError, match=r"missing keys none, unexpected keys \[text_tower.bogus\]"):
         load_adapter_state(encoder, {**state, "text_tower.bogus": torch.zeros(1)})
@@ -166,8 +183,8 @@ def test_load_is_strict_and_names_the_keys(tiny_clip):
 def test_prompt_on_bundled_trains_under_half_a_percent(fresh_bundled):
     encoder = apply_adapter(fresh_bundled, "prompt")
     trainable, total = count_parameters(encoder)
-    # text: 6 layers x 4 tokens x 384; image: a 30-pixel border on 224x224x3
-    assert trainable == 6 * 4 * 384 + 3 * (224 ** 2 - 164 ** 2) == 79_056
+    # text: 6 layers x (4 tokens x 384 + a gate per head, 12); image: a 30-pixel border on 224x224x3
+    assert trainable == 6 * (4 * 384 + 12) + 3 * (224 ** 2 - 164 ** 2) == 79_128
     assert trainable / total < 0.005
 
 
@@ -178,6 +195,7 @@ def test_options_from_the_default_config_are_the_prompt_fields():
     assert adapter_options(AdapterConfig()) == {
         "prompt_length": 4, "prompt_depth": None, "text_prompt_length": None, "text_prompt_depth": None,
         "image_prompt_length": None, "image_prompt_depth": None, "prompt_pad": 30, "prompt_init_std": 0.02,
+        "prompt_style": "gated",
     }
 
 

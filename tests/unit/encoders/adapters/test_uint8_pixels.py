@@ -23,7 +23,7 @@ def _same_features(encoder):
 
 def test_padding_prompt_on_the_cnn(fresh_bundled):
     # A non-zero border, added to normalized pixels inside the tower.
-    _same_features(apply_adapter(fresh_bundled, "prompt", prompt_pad=8, prompt_init_std=0.5))
+    _same_features(apply_adapter(fresh_bundled, "prompt", prompt_pad=8, prompt_init_std=0.5, prompt_style="inserted"))
 
 
 @pytest.mark.parametrize(("name", "options"), [("prompt", {"prompt_init_std": 0.5}), ("lora", {}), ("ia3", {})])
@@ -36,7 +36,7 @@ def test_transformer_adapters(tiny_clip, name, options):
 
 
 def test_text_tokenizer_follows_the_prompt_adapters_text_budget(tiny_clip):
-    encoder = apply_adapter(tiny_clip, "prompt", prompt_length=8)
+    encoder = apply_adapter(tiny_clip, "prompt", prompt_length=8, prompt_style="inserted")
     tokenizer = encoder.text_tokenizer()
     assert tokenizer.max_text_len == encoder.max_text_len == 64 - 8
     texts = ["word " * 100]
