@@ -137,6 +137,10 @@ class KTConfig:
     weight: float = 1.0  # λ in BPR + λ·KT
     temperature: float = 1.0  # τ
     variant: Literal["user_item", "item_item"] = "user_item"
+    # user_item: KT rows are the chunk's users (who have a positive in it, which the teacher points at)
+    # plus this many users drawn uniformly from all training users per step
+    sampled_users: int = 0
+    standardize: bool = False  # z-score each row of teacher and student scores before the softmax
 
 
 @dataclass
@@ -145,11 +149,13 @@ class Stage2Config:
     output: Optional[str] = None  # folder under run.uri; null: stage2/ (ptmrec) or stage2-<mode>/
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     kt: KTConfig = field(default_factory=KTConfig)
-    epochs: int = 5
+    epochs: int = 5  # joint (one stage) trains at stage 1's budget instead: stage1.epochs and stage1.patience
     patience: int = 3
     items_per_step: int = 64  # items encoded per step and worker (the chunk)
     pairs_per_step: int = 512  # at most this many (user, positive, negative) triples drawn in a chunk
     lr: float = 1e-3  # adapters
+    warmup_steps: int = 0  # the learning rates rise linearly over these first steps
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 at the last of epochs × steps
     recommender_lr: float = 1e-4  # the student recommender, warm from stage 1 (joint uses stage1.lr)
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2, 3] = 2

@@ -46,12 +46,15 @@ def l2_reg(*tensors: torch.Tensor) -> torch.Tensor:
     return total / tensors[-1].shape[0]
 
 
-def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float,
+            standardize: bool = False) -> torch.Tensor:
     """Mean over rows of KL(softmax(teacher/τ) ‖ softmax(student/τ)).
 
     Args:
         teacher_logits, student_logits: [R, n], one distribution over n candidates per row.
         temperature: τ > 0.
+        standardize: z-score each row of both sides first, so that τ means the same sharpness whatever the
+            scale of the teacher's and the student's scores (which differ by model and by modality).
 
     Returns:
         Scalar tensor; 0 exactly when both rows give the same distribution. The teacher side is detached:
@@ -61,13 +64,20 @@ def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperat
         raise ValueError(f"teacher {tuple(teacher_logits.shape)} and student {tuple(student_logits.shape)} differ")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher, student = teacher_logits.detach().float(), student_logits.float()
+    if standardize:
+        teacher, student = _zscore_rows(teacher), _zscore_rows(student)
+    log_p = F.log_softmax(teacher / temperature, dim=-1)
+    log_q = F.log_softmax(student / temperature, dim=-1)
     return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
 
 
+def _zscore_rows(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + 1e-6)
+
+
 def user_item_kt(teacher_scores: torch.Tensor, student_scores: dict[str, torch.Tensor],
-                 temperature: float) -> dict[str, torch.Tensor]:
+                 temperature: float, standardize: bool = False) -> dict[str, torch.Tensor]:
     """The paper's in-batch KT: per user, KL between the teacher's and the student's softmax over the batch's
     items; one term per modality.
 
@@ -77,11 +87,11 @@ def user_item_kt(teacher_scores: torch.Tensor, student_scores: dict[str, torch.T
     Returns:
         modality -> scalar KL.
     """
-    return {m: kl_rows(teacher_scores, s, temperature) for m, s in student_scores.items()}
+    return {m: kl_rows(teacher_scores, s, temperature, standardize) for m, s in student_scores.items()}
 
 
 def item_item_kt(teacher_items: torch.Tensor, student_features: dict[str, torch.Tensor],
-                 temperature: float) -> dict[str, torch.Tensor]:
+                 temperature: float, standardize: bool = False) -> dict[str, torch.Tensor]:
     """The item–item reading of KT: per item, KL between softmax over cosine similarities to the batch's
     other items under the stage-1 ID embeddings (teacher) and under the adapted features (student).
 
@@ -99,4 +109,4 @@ def item_item_kt(teacher_items: torch.Tensor, student_features: dict[str, torch.
         return (x @ x.T)[off_diagonal].view(n, n - 1)
 
     teacher = similarities(teacher_items)
-    return {m: kl_rows(teacher, similarities(f), temperature) for m, f in student_features.items()}
+    return {m: kl_rows(teacher, similarities(f), temperature, standardize) for m, f in student_features.items()}

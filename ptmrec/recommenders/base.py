@@ -62,6 +62,12 @@ class Recommender(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{self.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+    def adopt_reference_features(self, other: "Recommender") -> None:
+        """Take over `other`'s reference features and what is derived from them, `other` being this kind of
+        model built on another (adapted) catalogue. The stage-2 student calls it after each re-encode, so
+        that training scores items against the catalogue evaluation sees. Models whose score takes the
+        given features directly (VBPR) keep nothing derived: nothing to do."""
+
     # -- training ----------------------------------------------------------------------------------------
 
     def loss(

@@ -129,6 +129,17 @@ class FREEDOM(Recommender):
         # MMRec leaves the pruned graph empty until the first epoch; drawing one now lets loss() run at once.
         self.pre_epoch()
 
+    def adopt_reference_features(self, other: "FREEDOM") -> None:
+        """The item-item graph and its reference features of `other`, a FREEDOM built on the re-encoded
+        catalogue (stage 2's evaluation model): training then looks up a chunk's neighbours among the
+        features evaluation built its graph from, not among the frozen ones this model started with."""
+        if other.modalities != self.modalities or other.knn_k != self.knn_k or other.num_items != self.num_items:
+            raise ValueError(f"freedom: cannot adopt the item graph of a model with modalities {other.modalities}, "
+                             f"k {other.knn_k}, {other.num_items} items")
+        device = self.mm_adj.device
+        for name in [f"{prefix}_{m}" for m in self.modalities for prefix in ("feat", "knn")] + ["mm_adj"]:
+            setattr(self, name, getattr(other, name).to(device))
+
     # -- graphs -----------------------------------------------------------------------------------------
 
     def pre_epoch(self) -> None:

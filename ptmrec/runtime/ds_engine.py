@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 DS_CONFIG_KEYS_WE_SET = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -56,14 +59,46 @@ def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float,
     return cfg
 
 
-def initialize_engine(model, param_groups: list, ds_config: dict, device=None):
+@dataclass(frozen=True)
+class WarmupCosine:
+    """The learning-rate multiplier of optimizer step `step` (0-based): a linear rise over `warmup` steps, then
+    1 (`cosine` False) or a cosine decay that reaches 0 after `total` steps. A dataclass, not a closure, so
+    that the scheduler's state saves with DeepSpeed's checkpoints and a resumed run continues the curve."""
+
+    warmup: int
+    total: int
+    cosine: bool
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.total < 1:
+            raise ValueError(f"learning-rate schedule: warmup_steps must be >= 0 and the steps >= 1, got "
+                             f"{self.warmup} and {self.total}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def initialize_engine(model, param_groups: list, ds_config: dict, device=None,
+                      lr_multiplier: Optional[Callable[[int], float]] = None):
     """The DeepSpeed engine of one stage worker: `model` moved to `device` first (DeepSpeed would move it
     to its accelerator's current device anyway; doing it here makes the device explicit on every path),
-    parameter groups without trainable tensors dropped. Every stage and benchmark builds engines here."""
+    parameter groups without trainable tensors dropped. `lr_multiplier(step)` scales every group's rate
+    (the engine steps it after each optimizer step). Every stage and benchmark builds engines here."""
     import deepspeed
+    import torch
 
     if device is not None:
         model.to(device)
     groups = [g for g in param_groups if g["params"]]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    scheduler = None
+    if lr_multiplier is not None:
+        def scheduler(optimizer):
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
+                                           lr_scheduler=scheduler)
     return engine

@@ -32,7 +32,7 @@ from ptmrec.report import write_report
 from ptmrec.encoders.adapters import count_parameters, set_train_mode
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import select_device
-from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
+from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_recommender_from_config, cpu_state, evaluate_distributed,
                                   load_torch, peak_memory, read_metrics, save_torch, write_metrics)
@@ -67,6 +67,9 @@ def effective_settings(cfg: Config) -> dict:
         "from_stage1": mode != "joint",
         # A fresh recommender (joint) trains at stage 1's rate; a warm one at its own lower rate.
         "recommender_lr": cfg.stage1.lr if mode == "joint" else cfg.stage2.recommender_lr,
+        # One-stage training gets stage 1's budget and early stopping, or it only measures under-training.
+        "epochs": cfg.stage1.epochs if mode == "joint" else cfg.stage2.epochs,
+        "patience": cfg.stage1.patience if mode == "joint" else cfg.stage2.patience,
     }
 
 
@@ -95,12 +98,14 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=sc.items_per_step * sc.num_workers,
                                 num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage)
     steps = epoch_plan(cfg, manifest, 0, sc.num_workers).steps  # the same every epoch
-    log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, ZeRO-%d",
-             sc.mode, settings["adapter"], settings["kt_weight"], sc.kt.temperature, sc.num_workers,
-             sc.items_per_step, steps, sc.zero_stage)
+    log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, up to %d epochs, "
+             "lr %s (warm-up %d steps), ZeRO-%d", sc.mode, settings["adapter"], settings["kt_weight"],
+             sc.kt.temperature, sc.num_workers, sc.items_per_step, steps, settings["epochs"], sc.lr_schedule,
+             sc.warmup_steps, sc.zero_stage)
     identity = {"mode": sc.mode, "data": cfg.data.uri, "seed": cfg.run.seed, "encoder": asdict(cfg.encoder),
                 "recommender": asdict(cfg.recommender), "adapter": asdict(sc.adapter), "kt": asdict(sc.kt),
                 "ds_config": ds_config, "items_per_step": sc.items_per_step, "pairs": sc.pairs_per_step,
+                "schedule": [sc.warmup_steps, sc.lr_schedule, settings["epochs"]],
                 "stage1": read_metrics(storage, stage1_uri)["wall_s"]}
     out = stage_dir(sc.mode, sc.output)
     ray_train.run_trainer(knowledge_worker, cfg, stage=out.replace("/", "-"), num_workers=sc.num_workers,
@@ -131,7 +136,7 @@ def knowledge_worker(config: dict) -> None:
     encoder, recommender = student.encoder, student.recommender
     encoder_trainable, encoder_total = count_parameters(encoder)
     trainable, total = count_parameters(student)
-    engine = stage2_engine(student, cfg, settings, config["ds_config"], device)
+    engine = stage2_engine(student, cfg, settings, config["ds_config"], device, config["steps"])
 
     state, best = TrainState(), None  # best: rank 0's copy of the best epoch's adapters, recommender, features
     with ray_train.latest_checkpoint() as restored:
@@ -153,7 +158,7 @@ def knowledge_worker(config: dict) -> None:
         if rank == 0:
             log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
                      result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
-    for epoch in range(state.epoch, sc.epochs):
+    for epoch in range(state.epoch, settings["epochs"]):
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
         best_before = state.best_epoch
@@ -165,7 +170,7 @@ def knowledge_worker(config: dict) -> None:
         tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
             log.info("epoch %d/%d: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s", state.epoch,
-                     sc.epochs, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
+                     settings["epochs"], ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
                      epoch_run.items_per_epoch / max(epoch_s, 1e-9), cfg.eval.metric,
                      result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
                      " *best*" if improved else "")
@@ -173,7 +178,7 @@ def knowledge_worker(config: dict) -> None:
             # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
             save_checkpoint(engine, state, ckpt, rank, best, exclude_frozen=True)
             ray_train.report(record, checkpoint_dir=ckpt)
-        if state.bad_evals >= sc.patience:
+        if state.bad_evals >= settings["patience"]:
             break
 
     # --- save (rank 0): the best epoch's adapters, recommender and adapted features
@@ -213,24 +218,30 @@ def load_student(cfg: Config, settings: dict, storage: Storage, inter, manifest:
 def make_student(cfg: Config, settings: dict, encoder, recommender, teacher_user: torch.Tensor,
                  teacher_item: torch.Tensor) -> Student:
     """The one place a `Student` is put together (the stage-2 job and the benchmarks alike)."""
-    return Student(encoder, recommender, teacher_user, teacher_item, settings["kt_weight"], cfg.stage2.kt.temperature,
-                   cfg.stage2.kt.variant, precision=cfg.encoder.precision)
+    kt = cfg.stage2.kt
+    return Student(encoder, recommender, teacher_user, teacher_item, settings["kt_weight"], kt.temperature,
+                   kt.variant, precision=cfg.encoder.precision, kt_standardize=kt.standardize)
 
 
-def stage2_engine(student: Student, cfg: Config, settings: dict, ds_config: dict, device: torch.device):
-    """The DeepSpeed engine over the student: adapters at `stage2.lr`, the recommender at its own rate."""
+def stage2_engine(student: Student, cfg: Config, settings: dict, ds_config: dict, device: torch.device,
+                  steps_per_epoch: int = 1):
+    """The DeepSpeed engine over the student: adapters at `stage2.lr`, the recommender at its own rate, both
+    under `stage2.warmup_steps` and `stage2.lr_schedule` over the mode's epochs × `steps_per_epoch`."""
     groups = [{"params": [p for p in student.encoder.parameters() if p.requires_grad], "lr": cfg.stage2.lr},
               {"params": [p for p in student.recommender.parameters() if p.requires_grad],
                "lr": settings["recommender_lr"]}]
-    return initialize_engine(student, groups, ds_config, device)
+    schedule = WarmupCosine(cfg.stage2.warmup_steps, settings["epochs"] * steps_per_epoch,
+                            cfg.stage2.lr_schedule == "cosine")
+    return initialize_engine(student, groups, ds_config, device, lr_multiplier=schedule)
 
 
 def train_step(engine, batch: ItemBatch, index: ItemUserIndex, pairs_per_step: int, rng: np.random.Generator,
-               device: torch.device) -> dict[str, torch.Tensor]:
-    """One stage-2 step on a chunk of items: its BPR triples drawn on the host, the batch copied to the
-    device without blocking, forward (the loss), backward, optimizer step. Returns the detached loss
-    terms, still on the device: reading them waits for the step, so callers do it only now and then."""
-    pairs = index.sample(batch.item.numpy(), pairs_per_step, rng)
+               device: torch.device, kt_users: int = 0) -> dict[str, torch.Tensor]:
+    """One stage-2 step on a chunk of items: its BPR triples (and `kt_users` extra KT rows) drawn on the host,
+    the batch copied to the device without blocking, forward (the loss), backward, optimizer step. Returns
+    the detached loss terms, still on the device: reading them waits for the step, so callers do it only
+    now and then."""
+    pairs = index.sample(batch.item.numpy(), pairs_per_step, rng, kt_users)
     if pairs is not None:
         pairs = pairs.to(device)
     batch = batch.to(device)
@@ -266,7 +277,8 @@ class EpochRun:
         logged_items = 0
         for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank, self.world_size,
                                  self.device):
-            parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device)
+            parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device,
+                               sc.kt.sampled_users if sc.kt.variant == "user_item" else 0)
             for k, v in parts.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             self.items_seen += len(batch.item)
@@ -315,7 +327,9 @@ def _evaluate_candidate(cfg: Config, inter, student: Student, state: TrainState,
     from ptmrec.encoders.adapters import adapter_state_dict
 
     adapted = _encode_catalogue(cfg, student.encoder, inter.num_items, rank, world_size, device)
-    result = _evaluate_adapted(cfg, inter, student.recommender, adapted, rank, world_size, device)
+    result, eval_model = _evaluate_adapted(cfg, inter, student.recommender, adapted, rank, world_size, device)
+    # Train the next epoch against the catalogue just evaluated (FREEDOM: its item graph and neighbours).
+    student.recommender.adopt_reference_features(eval_model)
     if state.observe(result, cfg.eval.metric) and rank == 0:
         best = {"adapter": cpu_state(adapter_state_dict(student.encoder)), "features": adapted,
                 "recommender": cpu_state(student.recommender.weights_without_features())}
@@ -347,12 +361,13 @@ def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_siz
 
 
 def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.Tensor], rank: int,
-                      world_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+                      world_size: int, device: torch.device) -> tuple[dict[str, dict[str, float]], object]:
     """Stage 1's evaluation of the student recommender rebuilt on the adapted features (FREEDOM rebuilds
-    its item graph from them), on the device."""
+    its item graph from them), on the device: (result, the rebuilt model)."""
     eval_model = build_recommender_from_config(cfg, inter, adapted)
     eval_model.load_weights_without_features(recommender.weights_without_features())
-    return evaluate_distributed(eval_model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
+    eval_model.to(device)
+    return evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size), eval_model
 
 
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,
@@ -373,7 +388,8 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "dataset": manifest["dataset"], "valid": state.best.get("valid", {}), "test": state.best.get("test", {}),
         "best_epoch": state.best_epoch, "start_is_best": state.best_epoch == 0, **params,
         "encoder_trainable_share": params["encoder_trainable_params"] / max(params["encoder_total_params"], 1),
-        "kt_weight": settings["kt_weight"], "temperature": cfg.stage2.kt.temperature,
+        "kt_weight": settings["kt_weight"], "temperature": cfg.stage2.kt.temperature, "kt": asdict(cfg.stage2.kt),
+        "lr_schedule": cfg.stage2.lr_schedule, "warmup_steps": cfg.stage2.warmup_steps,
         "wall_s": round(wall_s, 2), "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": memory_kind, "seed": cfg.run.seed,
         "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "zero_stage": cfg.stage2.zero_stage,

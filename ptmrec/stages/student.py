@@ -32,7 +32,8 @@ class ChunkPairs:
     users: torch.Tensor  # int64 [P]
     pos: torch.Tensor  # int64 [P], positions in the chunk
     neg: torch.Tensor  # int64 [P], positions in the chunk
-    distinct_users: torch.Tensor  # int64 [U], sorted
+    # int64 [U]: the triples' users (sorted), then users drawn for the KT rows only (`kt_users`)
+    distinct_users: torch.Tensor
     row_of: torch.Tensor  # int64 [P], row of each triple's user in distinct_users
 
     def to(self, device: torch.device) -> "ChunkPairs":
@@ -50,9 +51,13 @@ class ItemUserIndex:
         np.cumsum(np.bincount(train_items, minlength=num_items), out=self.indptr[1:])
         self.positive_keys = np.unique(train_users.astype(np.int64) * num_items + train_items)
         self.num_items = num_items
+        self.all_users = np.unique(train_users).astype(np.int64)
 
-    def sample(self, chunk: np.ndarray, max_pairs: int, rng: np.random.Generator) -> Optional[ChunkPairs]:
-        """Up to `max_pairs` (user, positive in chunk, negative in chunk) triples; None if no item has users."""
+    def sample(self, chunk: np.ndarray, max_pairs: int, rng: np.random.Generator,
+               kt_users: int = 0) -> Optional[ChunkPairs]:
+        """Up to `max_pairs` (user, positive in chunk, negative in chunk) triples, and `kt_users` more users drawn
+        uniformly from all training users (without the triples' users) for the KT rows; None if no item of
+        the chunk has users."""
         starts, ends = self.indptr[chunk], self.indptr[chunk + 1]
         counts = ends - starts
         if counts.sum() == 0 or len(chunk) < 2:
@@ -71,6 +76,9 @@ class ItemUserIndex:
                 break
             neg[bad] = rng.integers(0, len(chunk), size=int(bad.sum()))
         distinct, row_of = np.unique(users, return_inverse=True)
+        if kt_users > 0:
+            drawn = rng.choice(self.all_users, size=min(kt_users, len(self.all_users)), replace=False)
+            distinct = np.concatenate([distinct, drawn[~np.isin(drawn, distinct)]])
         return ChunkPairs(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
                             for a in (users, positions, neg, distinct, row_of.reshape(-1))))
 
@@ -96,7 +104,7 @@ class Student(nn.Module):
 
     def __init__(self, encoder: nn.Module, recommender: nn.Module, teacher_user: torch.Tensor,
                  teacher_item: torch.Tensor, kt_weight: float, temperature: float, kt_variant: str,
-                 precision: str = "bf16"):
+                 precision: str = "bf16", kt_standardize: bool = False):
         super().__init__()
         self.precision = precision
         self.encoder = encoder
@@ -107,6 +115,7 @@ class Student(nn.Module):
         self.kt_weight = kt_weight
         self.temperature = temperature
         self.kt_variant = kt_variant
+        self.kt_standardize = kt_standardize
 
     def train(self, mode: bool = True) -> "Student":
         """The recommender trains as usual; in the encoder only the adapter does, its frozen backbone stays
@@ -142,14 +151,15 @@ class Student(nn.Module):
         users, row_of = pairs.distinct_users, pairs.row_of
         modality_scores = self.recommender.modality_scores(users, items, features)  # {m: [U, n]}
         modality_bpr = [bpr_loss(s[row_of, pairs.pos], s[row_of, pairs.neg]) for s in modality_scores.values()]
+        # (rows past the triples' users, if any, were drawn for KT and take part only there)
         parts["bpr_modality"] = torch.stack(modality_bpr).mean()
         if self.kt_weight > 0:
             if self.kt_variant == "user_item":
                 # KT over the chunk's items, once per distinct user (a user with two positives counts once).
                 teacher = self.teacher_user[users] @ self.teacher_item[items].T
-                kt = user_item_kt(teacher, modality_scores, self.temperature)
+                kt = user_item_kt(teacher, modality_scores, self.temperature, self.kt_standardize)
             else:
-                kt = item_item_kt(self.teacher_item[items], features, self.temperature)
+                kt = item_item_kt(self.teacher_item[items], features, self.temperature, self.kt_standardize)
             for m, value in kt.items():
                 parts[f"kt_{m}"] = self.kt_weight * value
         total = sum(parts.values())

@@ -41,6 +41,9 @@ def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, tmp
     adapter_set = f"stage2.adapter.name={adapter}" if adapter == "prompt" else f"stage2.adapter={{name: {adapter}, rank: 4}}"
     sets = ["--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}", "--set", f"encoder.name={encoder}",
             "--set", adapter_set]
+    if adapter == "lora":  # the search's other knobs: KT rows and standardisation, the lr schedule
+        sets += ["--set", "stage2.kt={weight: 1.0, sampled_users: 8, standardize: true}",
+                 "--set", "stage2.lr_schedule=cosine", "--set", "stage2.warmup_steps=2"]
     if encoder == "bundled":
         sets += ["--set", "encoder.image_size=64", "--set", "stage1.epochs=2"]
     proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets)

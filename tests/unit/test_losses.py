@@ -80,3 +80,12 @@ def test_kt_rejects_bad_input():
         kl_rows(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
     with pytest.raises(ValueError, match="differ"):
         kl_rows(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
+
+
+def test_standardised_kt_ignores_each_rows_scale_and_shift():
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 9)
+    scaled = teacher * torch.tensor([[0.1], [5.0], [30.0], [1.0]]) + 7.0
+    assert kl_rows(teacher, scaled, 1.0, standardize=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_rows(teacher, scaled, 1.0).item() > 0.01  # raw scores: the scale is the sharpness
+    assert user_item_kt(teacher, {"text": scaled}, 0.5, standardize=True)["text"].item() == pytest.approx(0.0, abs=1e-6)

@@ -81,3 +81,21 @@ def test_modality_scores_are_fully_propagated_users_against_projected_features(t
     torch.testing.assert_close(embeddings["text"], model.projections["text"](tiny.features["text"][items]))
     scores = model.modality_scores(users, items)
     torch.testing.assert_close(scores["image"], model.user_embeddings(users) @ embeddings["image"].T)
+
+
+def test_a_student_adopting_the_adapted_catalogue_scores_as_its_evaluation_model(tiny):
+    # Stage 2: the student trains with score_with_features; evaluation rebuilds FREEDOM on the re-encoded
+    # catalogue. After adopting that model's item graph the two agree on every item.
+    student = build(tiny)
+    generator = torch.Generator().manual_seed(3)
+    adapted = {m: f + 0.5 * torch.randn(f.shape, generator=generator) for m, f in tiny.features.items()}
+    evaluation = FREEDOM(**{**tiny.kwargs(("image", "text")), "features": adapted}, embedding_dim=8, knn_k=4)
+    evaluation.load_weights_without_features(student.weights_without_features())
+    users, items = torch.tensor([0, 3]), torch.arange(tiny.num_items)
+    before = student.score_with_features(users, items, adapted)
+    student.adopt_reference_features(evaluation)
+    after = student.score_with_features(users, items, adapted)
+    torch.testing.assert_close(after, evaluation.full_scores(users))
+    assert not torch.allclose(before, after)  # against the frozen neighbours they disagreed
+    with pytest.raises(ValueError, match="cannot adopt the item graph"):
+        student.adopt_reference_features(build(tiny, modalities=("text",)))

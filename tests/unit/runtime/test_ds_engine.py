@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ptmrec.runtime.ds_engine import build_ds_config, derive_batch_sizes, load_ds_config
+from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, derive_batch_sizes, load_ds_config
 
 
 def test_repo_ds_config_loads_and_batch_sizes_agree(repo):
@@ -26,3 +26,12 @@ def test_batch_keys_in_ds_config_are_refused(tmp_path):
         load_ds_config(p)
     with pytest.raises(ValueError, match="DeepSpeed config not found"):
         load_ds_config(tmp_path / "none.json")
+
+
+def test_warmup_then_constant_or_cosine():
+    constant = WarmupCosine(warmup=4, total=20, cosine=False)
+    assert [constant(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = WarmupCosine(warmup=0, total=10, cosine=True)
+    assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and 0 < cosine(9) < 0.03 and cosine(10) == 0.0
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        WarmupCosine(warmup=-1, total=10, cosine=False)

@@ -99,3 +99,17 @@ def test_frozen_backbone_runs_without_dropout_while_the_student_trains(adapter):
     trainable_owners = [m for m in encoder.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     student.train()
     assert trainable_owners and all(m.training for m in trainable_owners)
+
+
+def test_kt_rows_add_sampled_users_after_the_chunks_own():
+    train_users, train_items, num_items = _interactions()
+    index = ItemUserIndex(train_users, train_items, num_items)
+    chunk = np.arange(30)
+    plain = index.sample(chunk, max_pairs=200, rng=np.random.default_rng(0))
+    wider = index.sample(chunk, max_pairs=200, rng=np.random.default_rng(0), kt_users=50)
+    own = plain.distinct_users.numpy()
+    rows = wider.distinct_users.numpy()
+    assert np.array_equal(rows[:len(own)], own) and np.array_equal(wider.row_of, plain.row_of)
+    extra = rows[len(own):]
+    assert 0 < len(extra) <= 50 and len(np.unique(rows)) == len(rows)  # no user twice
+    assert set(extra) <= set(np.unique(train_users))

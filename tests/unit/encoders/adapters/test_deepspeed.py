@@ -76,3 +76,21 @@ def test_zero2_trains_only_the_adapter(name, tiny_clip, inputs, process_group):
     assert any(not torch.equal(adapter_after[n], adapter_before[n]) for n in adapter_before)
     assert all(torch.equal(p, frozen_before[n]) for n, p in encoder.named_parameters() if not p.requires_grad)
     del engine
+
+
+def test_the_engine_steps_the_learning_rate_schedule(tiny_clip, inputs, process_group):
+    from ptmrec.runtime.ds_engine import WarmupCosine, initialize_engine
+
+    model = Tuner(apply_adapter(tiny_clip, "lora"))
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 0.01}]
+    schedule = WarmupCosine(warmup=2, total=6, cosine=True)
+    engine = initialize_engine(model, groups, DS_CONFIG, lr_multiplier=schedule)
+    pixels, text = inputs(tiny_clip)
+    rates = []
+    for _ in range(6):
+        rates.append(engine.get_lr()[0])
+        engine.backward(engine(pixels, text["input_ids"], text["attention_mask"]))
+        engine.step()
+    assert rates == pytest.approx([0.01 * schedule(step) for step in range(6)])
+    assert rates[0] < rates[1] == pytest.approx(0.01) and rates[1] > rates[3] > rates[5] > 0
+    del engine

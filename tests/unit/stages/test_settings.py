@@ -1,0 +1,18 @@
+"""What each stage-2 mode means for the adapter, KT, the recommender's start and the budget."""
+
+from __future__ import annotations
+
+from ptmrec.config import load_config
+from ptmrec.stages.knowledge import effective_settings
+
+
+def test_joint_trains_at_stage_1s_budget_from_a_fresh_recommender(repo):
+    cfg = load_config(repo / "configs/smoke.yaml", ["stage2.mode=joint", "stage1.epochs=40", "stage1.patience=7",
+                                                     "stage2.epochs=3", "stage2.patience=1"])
+    joint = effective_settings(cfg)
+    assert (joint["epochs"], joint["patience"], joint["kt_weight"], joint["from_stage1"]) == (40, 7, 0.0, False)
+    assert joint["recommender_lr"] == cfg.stage1.lr
+    cfg.stage2.mode = "ptmrec"
+    two_stage = effective_settings(cfg)
+    assert (two_stage["epochs"], two_stage["patience"], two_stage["from_stage1"]) == (3, 1, True)
+    assert two_stage["kt_weight"] == cfg.stage2.kt.weight and two_stage["adapter"] == cfg.stage2.adapter.name
