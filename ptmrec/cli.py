@@ -66,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "
                         "frozen stage 1; also written to <run.uri>-seeds.md")
 
-    p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid)",
-                       description="Search the config's sweep.space (dotted keys → values) with Ray Tune: stage 1 "
-                       "is trained once per distinct stage-1 setting and shared; each trial runs stage 2 and "
-                       "reports every epoch; ASHA stops weak trials on the valid metric. The best trial is "
-                       "chosen by valid, its test metric shown beside it. Started again, an interrupted sweep "
-                       "resumes. Writes <run.uri>/sweep-<name>.json.")
+    p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "
+                       "or a grid of stage-1 runs (sweep.stage: stage1)",
+                       description="Search the config's sweep.space (dotted keys → values): stage 1 is trained once "
+                       "per distinct stage-1 setting and shared; with sweep.stage: stage2 (default) each Ray Tune "
+                       "trial runs stage 2 and reports every epoch, and ASHA stops weak trials on the valid metric; "
+                       "with sweep.stage: stage1 the trials are the stage-1 runs themselves (every combination, "
+                       "each early-stopped on valid: a tuned frozen baseline). The best trial is chosen by valid, "
+                       "its test metric shown beside it (sweep.select: test reproduces MMRec's pick-by-test, "
+                       "labelled as test-set leakage). Started again, an interrupted sweep resumes. Writes "
+                       "<run.uri>/sweep-<name>.json, .csv and .png.")
     _add_config_args(p)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished stage from the run URI (full ranking, valid + test)",
@@ -230,8 +234,12 @@ def cmd_sweep(args) -> int:
     print(format_sweep(summary))
     best = summary["best"]
     key = summary["metric"].split("/", 1)[1]
-    print(f"best trial {best['trial']}: valid {key} {best['valid'][key]:.4f} (selected), "
-          f"test {key} {best['test'][key]:.4f} (reported)  {best['params']}")
+    if summary["select"] == "test":
+        print(f"trial {best['trial']}: test {key} {best['test'][key]:.4f} (SELECTED ON TEST: MMRec's table protocol, "
+              f"for comparison only), valid {key} {best['valid'][key]:.4f}  {best['params']}")
+    else:
+        print(f"best trial {best['trial']}: valid {key} {best['valid'][key]:.4f} (selected), "
+              f"test {key} {best['test'][key]:.4f} (reported)  {best['params']}")
     return 0
 
 

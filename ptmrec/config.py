@@ -203,7 +203,13 @@ class SweepConfig:
     """A Ray Tune search (`ptmrec sweep`): `space` maps dotted config keys to the values to try."""
 
     name: str = "sweep"
+    # stage2: Tune trials of stage 2 over stage 1 runs shared per stage-1 setting; stage1: a grid of stage-1
+    # runs only (a tuned frozen baseline, e.g. recommender.reg_weight), every combination, no ASHA
+    stage: Literal["stage1", "stage2"] = "stage2"
     space: dict[str, list[Any]] = field(default_factory=dict)
+    # which trial is the result: valid (the honest choice) or test (MMRec's table protocol, which picks by
+    # the test metric: test-set leakage, for comparing with its published numbers only; labelled as such)
+    select: Literal["valid", "test"] = "valid"
     search: Literal["grid", "random"] = "grid"  # grid: every combination; random: num_samples draws
     num_samples: int = 1  # random draws (grid: repetitions of the whole grid)
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped

@@ -1,17 +1,28 @@
-"""Ray Tune sweeps over adapters, KT and the stage schedule (`ptmrec sweep`, `jobs/sweep.py`).
+"""Sweeps (`ptmrec sweep`, `jobs/sweep.py`): Ray Tune over adapters, KT and the stage schedule, or a
+grid of stage-1 runs for a tuned frozen baseline.
 
 The `sweep.space` of the config maps dotted config keys to the values to try. Keys under `stage2.` vary
 the knowledge-guided stage only; every other key (stage-1 epochs and lr, the recommender, the seed, ...)
 changes stage 1. Stage 1 is trained once per distinct stage-1 setting, before the trials start, into
-`<run uri>/sweep-stage1/<hash>/`, and every trial with those settings reuses it. Each trial runs stage 2
-(Ray Train + DeepSpeed inside the Tune trial) and reports every epoch to Tune; ASHA stops weak trials on
-the **valid** metric. The best trial is chosen by its valid metric and its test metric is shown next to
-it, never used. An interrupted sweep resumes (`Tuner.restore`) when started again.
+`<run uri>/sweep-stage1/<hash>/`, and every trial with those settings reuses it.
+
+- `sweep.stage: stage2`: each trial runs stage 2 (Ray Train + DeepSpeed inside the Tune trial) and
+  reports every epoch to Tune; ASHA stops weak trials on the **valid** metric. An interrupted sweep
+  resumes (`Tuner.restore`) when started again.
+- `sweep.stage: stage1`: the trials are the stage-1 runs themselves (each early-stopped on valid), every
+  combination of the space; finished ones are reused, so an interrupted grid resumes too.
+
+The result is the trial with the best **valid** metric, its test metric shown next to it and never used.
+`sweep.select: test` picks by the test metric instead, as MMRec picks the rows of its published tables
+(test-set leakage): only to compare with such a table, and every output says so. Outputs under the run
+URI: `sweep-<name>.json`, `.csv` (one row per trial) and `.png` (valid against test per trial).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -61,6 +72,10 @@ def validate_space(config_path: str, overrides: list[str], base: Config) -> None
     """Every key and value of the space must make a valid config, before anything runs."""
     if not base.sweep.space:
         raise ConfigError(f"{config_path}: sweep.space is empty; give it dotted keys with lists of values")
+    stage2_keys = [k for k in base.sweep.space if k.startswith("stage2.")]
+    if base.sweep.stage == "stage1" and stage2_keys:
+        raise ConfigError(f"{config_path}: sweep.space.{stage2_keys[0]}: a stage-1 sweep (sweep.stage: stage1) "
+                          "varies stage-1 settings only")
     for key, values in base.sweep.space.items():
         if not values:
             raise ConfigError(f"{config_path}: sweep.space.{key}: needs at least one value")
@@ -71,10 +86,7 @@ def validate_space(config_path: str, overrides: list[str], base: Config) -> None
 
 
 def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> dict:
-    """Run (or resume) the sweep; returns {"best": {...}, "trials": [...]}."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+    """Run (or resume) the sweep; returns {"best": {...}, "trials": [...], ...}."""
     from ptmrec.runtime import ray_train
     from ptmrec.stages.common import read_metrics
     from ptmrec.stages.recommendation import run_recommendation_stage
@@ -91,16 +103,35 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
 
     # 1. Stage 1 once per distinct stage-1 setting.
     s1_keys = [k for k in sw.space if not k.startswith("stage2.")]
+    stage1_runs = []
     for combo in itertools.product(*(sw.space[k] for k in s1_keys)):
-        cfg1 = trial_config(config_path, overrides, base, dict(zip(s1_keys, combo)))
+        params = dict(zip(s1_keys, combo))
+        cfg1 = trial_config(config_path, overrides, base, params)
         try:
             read_metrics(storage, join(cfg1.run.uri, "stage1"))
-            log.info("stage 1 %s already trained: reusing it (%s)", dict(zip(s1_keys, combo)), cfg1.run.uri)
+            log.info("stage 1 %s already trained: reusing it (%s)", params, cfg1.run.uri)
         except StorageError:
-            log.info("stage 1 for %s → %s", dict(zip(s1_keys, combo)), cfg1.run.uri)
+            log.info("stage 1 for %s → %s", params, cfg1.run.uri)
             run_recommendation_stage(cfg1, progress=progress)
+        stage1_runs.append((params, cfg1.run.uri))
 
-    # 2. Stage 2 per trial, under Tune.
+    if sw.stage == "stage1":
+        trials = [_trial(stage1_key(params), params, uri, storage, join(uri, "stage1"))
+                  for params, uri in stage1_runs]
+    else:
+        trials = _tune_stage2(config_path, overrides, base, storage, metric)
+    return _summarise(base, storage, metric, trials)
+
+
+def _tune_stage2(config_path: str, overrides: list[str], base: Config, storage: Storage, metric: str) -> list[dict]:
+    """Stage 2 per trial, under Tune with ASHA on the valid metric; one record per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ptmrec.runtime import ray_train
+
+    sw = base.sweep
+
     def trainable(params: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -129,35 +160,109 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
                                    scheduler=ASHAScheduler(grace_period=sw.grace_period,
                                                            reduction_factor=sw.reduction_factor)),
             run_config=RunConfig(name=sw.name, storage_path=storage_path, storage_filesystem=filesystem))
-    results = tuner.fit()
-
     trials = []
-    for result in results:
+    for result in tuner.fit():
         params = {k: result.config[k] for k in sw.space}
-        cfg = trial_config(config_path, overrides, base, params, trial_name=result.metrics.get("trial_id", ""))
-        trial = {"trial": result.metrics.get("trial_id"), "params": params, "stage1": cfg.run.uri,
-                 "valid": {}, "test": {}, "best_epoch": None}
-        try:
-            m = read_metrics(storage, join(cfg.run.uri, cfg.stage2.output))
-            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
-        except StorageError:  # stopped by ASHA before its first epoch ended, or failed
-            trial["error"] = str(result.error or "no metrics")
+        trial_id = result.metrics.get("trial_id", "")
+        cfg = trial_config(config_path, overrides, base, params, trial_name=trial_id)
+        trial = _trial(trial_id, params, cfg.run.uri, storage, join(cfg.run.uri, cfg.stage2.output))
+        if "error" in trial:  # stopped by ASHA before its first epoch ended, or failed
+            trial["error"] = str(result.error or trial["error"])
         trials.append(trial)
+    return trials
+
+
+def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metrics_uri: str) -> dict:
+    from ptmrec.stages.common import read_metrics
+
+    trial = {"trial": trial_id, "params": params, "stage1": stage1_uri, "valid": {}, "test": {}, "best_epoch": None}
+    try:
+        m = read_metrics(storage, metrics_uri)
+        trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
+    except StorageError:
+        trial["error"] = "no metrics"
+    return trial
+
+
+def _summarise(base: Config, storage: Storage, metric: str, trials: list[dict]) -> dict:
+    """Pick the result (by valid unless `sweep.select: test`), write the JSON, CSV and plot; the summary."""
+    sw, key = base.sweep, metric.split("/", 1)[1]
     finished = [t for t in trials if t["valid"]]
     if not finished:
         raise RuntimeError(f"sweep {sw.name}: no trial finished an epoch")
-    best = max(finished, key=lambda t: t["valid"][base.eval.metric])  # valid only: test is reported, never used
-    summary = {"metric": metric, "best": best, "trials": trials}
-    storage.write_text(join(base.run.uri, f"sweep-{sw.name}.json"), json.dumps(summary, indent=2) + "\n")
+    best = max(finished, key=lambda t: t[sw.select][key])
+    summary = {"metric": metric, "select": sw.select, "stage": sw.stage, "best": best, "trials": trials}
+    if sw.select == "test":
+        summary["warning"] = SELECTED_ON_TEST
+    prefix = join(base.run.uri, f"sweep-{sw.name}")
+    storage.write_text(prefix + ".json", json.dumps(summary, indent=2) + "\n")
+    storage.write_text(prefix + ".csv", sweep_csv(summary))
+    storage.write_bytes(prefix + ".png", sweep_plot(summary, title=f"sweep {sw.name} ({sw.stage})"))
+    log.info("sweep %s: %d trials → %s.{json,csv,png}", sw.name, len(trials), prefix)
     return summary
+
+
+SELECTED_ON_TEST = ("selected by the TEST metric (MMRec's table protocol, test-set leakage): for comparison "
+                    "with a published table only, not a result")
+
+
+def sweep_csv(summary: dict) -> str:
+    """One row per trial: id, each swept key, the valid and test metrics, the best epoch, the pick."""
+    keys = sorted({k for t in summary["trials"] for k in t["params"]})
+    metrics = sorted({m for t in summary["trials"] for m in t["valid"]})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["trial", *keys, *(f"valid/{m}" for m in metrics), *(f"test/{m}" for m in metrics),
+                     "best_epoch", f"selected_by_{summary['select']}"])
+    for t in summary["trials"]:
+        writer.writerow([t["trial"], *(json.dumps(t["params"].get(k)) for k in keys),
+                         *(t["valid"].get(m, "") for m in metrics), *(t["test"].get(m, "") for m in metrics),
+                         t["best_epoch"] if t["best_epoch"] is not None else "",
+                         int(t["trial"] == summary["best"]["trial"])])
+    return out.getvalue()
+
+
+def sweep_plot(summary: dict, title: str) -> bytes:
+    """Valid against test metric per finished trial, the pick circled (PNG bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = summary["metric"].split("/", 1)[1]
+    done = [t for t in summary["trials"] if t["valid"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.scatter([t["valid"][key] for t in done], [t["test"][key] for t in done], color="#3b75af")
+    for t in done:
+        ax.annotate(_short(t["params"]), (t["valid"][key], t["test"][key]), fontsize=7, alpha=0.8,
+                    textcoords="offset points", xytext=(3, 3))
+    best = summary["best"]
+    ax.scatter([best["valid"][key]], [best["test"][key]], s=160, facecolors="none", edgecolors="#d62728",
+               label=f"selected by {summary['select']}" + (" (test-set leakage)" if summary["select"] == "test" else ""))
+    ax.set_xlabel(f"valid {key}")
+    ax.set_ylabel(f"test {key}")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _short(params: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
 
 
 def format_sweep(summary: dict) -> str:
     key = summary["metric"].split("/", 1)[1]
+    select = summary.get("select", "valid")
     rows = [f"{'trial':<14}{'valid ' + key:>16}{'test ' + key:>16}  params"]
     for t in summary["trials"]:
-        mark = "  <- best (by valid)" if t["trial"] == summary["best"]["trial"] else ""
+        mark = f"  <- best (by {select})" if t["trial"] == summary["best"]["trial"] else ""
         v, te = t["valid"].get(key), t["test"].get(key)
         rows.append(f"{str(t['trial']):<14}{(f'{v:.4f}' if v is not None else 'stopped'):>16}"
                     f"{(f'{te:.4f}' if te is not None else '-'):>16}  {json.dumps(t['params'])}{mark}")
+    if select == "test":
+        rows.append(f"NOTE: {SELECTED_ON_TEST}")
     return "\n".join(rows)

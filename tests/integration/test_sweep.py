@@ -35,3 +35,33 @@ def test_sweep_shares_stage1_and_selects_on_valid(repo, tmp_path):
     finished = [t for t in trials if t["valid"]]
     assert summary["best"]["valid"]["recall@20"] == max(t["valid"]["recall@20"] for t in finished)
     assert "(selected)" in proc.stdout and "(reported)" in proc.stdout
+    assert (run / "sweep-smoke.csv").read_text().count("\n") == 1 + 3 and (run / "sweep-smoke.png").stat().st_size > 1000
+
+
+def test_stage1_grid_is_a_tuned_baseline_chosen_on_valid_or_labelled_when_on_test(repo, tmp_path):
+    from tests.integration.conftest import ENV
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    sets = ["--set", f"data.uri={data}", "--set", f"run.uri={run}", "--set", "recommender.name=bpr",
+            "--set", "stage1.epochs=3", "--set", "ray.cpus_per_worker=0.5",
+            "--set", "sweep={name: grid, stage: stage1, space: {recommender.reg_weight: [0.0001, 0.1]}}"]
+    prep = subprocess.run([sys.executable, "-m", "ptmrec.cli", "-q", "prepare", "--config", "configs/smoke.yaml", *sets],
+                          cwd=repo, env=ENV, capture_output=True, text=True)
+    assert prep.returncode == 0, prep.stderr
+
+    def sweep(*extra):
+        proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "sweep", "--config", "configs/smoke.yaml", *sets,
+                               *extra], cwd=repo, env=ENV, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        return proc, json.loads((run / "sweep-grid.json").read_text())
+
+    proc, summary = sweep()
+    assert summary["stage"] == "stage1" and len(summary["trials"]) == 2
+    assert proc.stderr.count("stage 1 for {") == 2 and "(selected)" in proc.stdout
+    assert summary["best"]["valid"]["recall@20"] == max(t["valid"]["recall@20"] for t in summary["trials"])
+    # MMRec's protocol on the same runs: nothing retrained, the pick by test, and said so
+    proc, summary = sweep("--set", "sweep.select=test")
+    assert proc.stderr.count("already trained") == 2 and "stage 1 for {" not in proc.stderr
+    assert summary["best"]["test"]["recall@20"] == max(t["test"]["recall@20"] for t in summary["trials"])
+    assert "SELECTED ON TEST" in proc.stdout and "test-set leakage" in summary["warning"]
+    assert "selected_by_test" in (run / "sweep-grid.csv").read_text()

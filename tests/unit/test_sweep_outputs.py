@@ -1,0 +1,43 @@
+"""The sweep's outputs: the table, the CSV and the plot, and how the result is picked and labelled."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from ptmrec.config import ConfigError, load_config
+from ptmrec.sweep import format_sweep, sweep_csv, sweep_plot, validate_space
+
+
+def summary(select: str) -> dict:
+    trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1}, "valid": {"recall@20": 0.30},
+               "test": {"recall@20": 0.25}, "best_epoch": 4},
+              {"trial": "b", "params": {"recommender.reg_weight": 0.001}, "valid": {"recall@20": 0.28},
+               "test": {"recall@20": 0.27}, "best_epoch": 9},
+              {"trial": "c", "params": {"recommender.reg_weight": 1.0}, "valid": {}, "test": {}, "best_epoch": None,
+               "error": "no metrics"}]
+    best = trials[0] if select == "valid" else trials[1]
+    return {"metric": "valid/recall@20", "select": select, "stage": "stage1", "best": best, "trials": trials}
+
+
+def test_csv_has_a_row_per_trial_and_marks_the_pick():
+    rows = list(csv.DictReader(io.StringIO(sweep_csv(summary("valid")))))
+    assert [r["trial"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["recommender.reg_weight"] == "0.1" and rows[1]["test/recall@20"] == "0.27"
+    assert [r["selected_by_valid"] for r in rows] == ["1", "0", "0"] and rows[2]["valid/recall@20"] == ""
+
+
+def test_a_pick_by_test_is_labelled_everywhere():
+    text = format_sweep(summary("test"))
+    assert "<- best (by test)" in text and "test-set leakage" in text
+    assert "leakage" not in format_sweep(summary("valid"))
+    assert sweep_plot(summary("test"), "grid").startswith(b"\x89PNG")
+
+
+def test_a_stage1_sweep_takes_no_stage2_keys(repo):
+    path = str(repo / "configs/smoke.yaml")
+    sets = ["sweep={stage: stage1, space: {stage2.kt.weight: [0.1]}}"]
+    with pytest.raises(ConfigError, match=r"sweep.space.stage2.kt.weight: a stage-1 sweep"):
+        validate_space(path, sets, load_config(path, sets))
