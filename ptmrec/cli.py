@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "
-                        "frozen stage 1; also written to <run.uri>-seeds.md")
+                        "frozen stage 1 and the paired t-test's p-value; also written to <run.uri>-seeds.md")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "
                        "or a grid of stage-1 runs (sweep.stage: stage1)",
@@ -188,7 +188,7 @@ def cmd_compare(args) -> int:
         per_seed[seed] = collect(_storage(cfg), cfg.run.uri)
     text = (f"# {base.run.name}: seeds {', '.join(map(str, args.seeds))}\n\nTest metrics at each run's best valid "
             f"{base.eval.metric} epoch, mean ± std over the seeds; Δ = change against the same seed's frozen "
-            f"stage 1.\n\n{seed_table(per_seed, base.eval.ks, base.eval.metric)}\n")
+            f"stage 1, with the two-sided paired t-test's p-value on the differences.\n\n{seed_table(per_seed, base.eval.ks, base.eval.metric)}\n")
     _storage(base).write_text(f"{base.run.uri}-seeds.md", text)
     print(text)
     return 0

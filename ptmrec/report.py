@@ -7,6 +7,7 @@ Reads every `metrics.json` under the run URI (stage1/, stage2/, stage2-<mode>/) 
 from __future__ import annotations
 
 import io
+import math
 import logging
 from typing import Optional
 
@@ -102,9 +103,50 @@ def plot(rows: list[dict], metric: str) -> bytes:
     return buf.getvalue()
 
 
+def paired_t_pvalue(differences: list[float]) -> float | None:
+    """Two-sided p-value of the paired t-test that the mean difference is 0 (None under two pairs; 0 when
+    every difference is the same non-zero value, 1 when all are 0)."""
+    import statistics
+
+    n = len(differences)
+    if n < 2:
+        return None
+    mean, sd = statistics.mean(differences), statistics.stdev(differences)
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    t, df = mean / (sd / math.sqrt(n)), n - 1
+    return _regularized_beta(df / (df + t * t), df / 2, 0.5)
+
+
+def _regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b) by its continued fraction (modified Lentz), evaluated on the side where it converges fast."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _regularized_beta(1.0 - x, b, a)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+
+    def guard(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 / guard(1.0 + numerator * d)
+            c = guard(1.0 + numerator / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-13:
+            break
+    return math.exp(log_front) * h / a
+
+
 def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
     """One row per stage over several seeds' runs: test metrics as mean ± std, valid `metric`, and the
-    change against the frozen stage 1 of the same seed (paired), as mean ± std over the seeds.
+    change against the frozen stage 1 of the same seed (paired), as mean ± std over the seeds with the
+    paired t-test's p-value.
 
     `per_seed`: seed -> that seed's `collect()` rows (stage 1 first).
     """
@@ -132,8 +174,10 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
         cells += [mean_std([m["test"][c] for m in runs.values() if c in m["test"]], ".4f") for c in cols]
         cells.append(mean_std([m["valid"][metric] for m in runs.values() if metric in m["valid"]], ".4f"))
         for c in (c for c in cols if c.startswith("recall")):
-            deltas = [100 * (m["test"][c] / frozen[s]["test"][c] - 1) for s, m in runs.items()
+            paired = [(m["test"][c], frozen[s]["test"][c]) for s, m in runs.items()
                       if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]
-            cells.append(mean_std(deltas, "+.1f") + " %" if deltas else "—")
+            deltas = [100 * (ours / base - 1) for ours, base in paired]
+            p = paired_t_pvalue([ours - base for ours, base in paired])
+            cells.append(mean_std(deltas, "+.1f") + " %" + (f" (p {p:.3f})" if p is not None else "") if deltas else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,3 +1,5 @@
+import pytest
+
 from ptmrec.report import seed_table
 
 
@@ -20,3 +22,17 @@ def test_seed_table_gives_mean_std_and_paired_deltas():
     # Paired: +10 % on seed 1 and +20 % on seed 2 (R@10), not the change of the means (+16.7 %).
     assert "+15.0 ± +7.1 %" in ours
     assert ours.count(" — ") == 0 and frozen.count("—") == 2  # the frozen rows have no delta against themselves
+    # paired t-test on the differences (0.01, 0.04): t = 1.667 with 1 df, p = 1 - 2 atan(t) / π
+    assert "+15.0 ± +7.1 % (p 0.344)" in ours
+
+
+def test_paired_t_test_p_values():
+    from ptmrec.report import paired_t_pvalue
+
+    # reference values from the t distribution (two-sided): t = 2.776 with 4 df is p = 0.05
+    assert paired_t_pvalue([1.0, 2.0, 3.0, 2.5, 1.5]) == pytest.approx(0.004813, abs=1e-6)
+    assert paired_t_pvalue([0.1, -0.2, 0.3, 0.05, -0.01]) == pytest.approx(0.585139, abs=1e-6)
+    noise = (-0.1, 0.1, 0.0, 0.0, 0.0)  # sd (0.02 / 4) ** 0.5; the mean below makes t = 2.776
+    mean = 2.776 * (0.02 / 4) ** 0.5 / 5 ** 0.5
+    assert paired_t_pvalue([mean + e for e in noise]) == pytest.approx(0.05, abs=1e-4)
+    assert paired_t_pvalue([0.3]) is None and paired_t_pvalue([0.0, 0.0]) == 1.0
