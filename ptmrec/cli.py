@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo stages whose outputs already exist")
 
     p = sub.add_parser("check-config", help="validate a config and print it resolved",
-                       description="Load a config with its overrides, validate every key, print it as JSON.")
+                       description="Load a config with its overrides, validate every key (types, ranges, names "
+                       "against the registries, metric and ks, URI schemes, sweep keys), print it as JSON. Exit "
+                       "status 2 and one line naming the key for a bad one; a note when stage 2 could not run "
+                       "with it. Every other command runs the same checks before any work.")
     _add_config_args(p)
 
     p = sub.add_parser("s3-server", help="run a local S3-compatible server on 127.0.0.1 (for demos)",
@@ -128,10 +131,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def checked_config(args, stage2: bool | None = False):
+    """The command's config, loaded and checked before any work (`ptmrec.checks`). `stage2`: the command
+    runs stage 2 (None: only if it is a stage-2 sweep)."""
+    from ptmrec.checks import check_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg, stage2=cfg.sweep.stage == "stage2" if stage2 is None else stage2)
+    return cfg
+
+
 def cmd_prepare(args) -> int:
     from ptmrec.data.prepare import prepare
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args)
     manifest = prepare(cfg, progress=not args.quiet)
     summary = {k: manifest[k] for k in ("dataset", "num_users", "num_items", "num_interactions", "splits",
                                         "modalities")}
@@ -143,7 +156,7 @@ def cmd_prepare(args) -> int:
 def cmd_stage1(args) -> int:
     from ptmrec.stages.recommendation import run_recommendation_stage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args)
     metrics = run_recommendation_stage(cfg, progress=not args.quiet)
     print(format_metrics(metrics, cfg.eval.ks))
     return 0
@@ -164,7 +177,7 @@ def cmd_stage2(args) -> int:
     from ptmrec.stages.knowledge import run_knowledge_stage
     from ptmrec.storage import Storage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args, stage2=True)
     metrics = run_knowledge_stage(cfg, progress=not args.quiet)
     print(format_metrics(metrics, cfg.eval.ks))
     report = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
@@ -176,9 +189,9 @@ def cmd_compare(args) -> int:
     from ptmrec.report import collect, seed_table
 
     if not args.seeds:
-        print(_compare_one(load_config(args.config, args.overrides), args.modes, quiet=args.quiet))
+        print(_compare_one(checked_config(args, stage2=True), args.modes, quiet=args.quiet))
         return 0
-    base = load_config(args.config, args.overrides)  # fail on a bad config before any work
+    base = checked_config(args, stage2=True)  # fail on a bad config before any work
     per_seed = {}
     for seed in args.seeds:
         cfg = load_config(args.config, [*args.overrides, f"run.seed={seed}", f"run.name={base.run.name}-seed{seed}",
@@ -229,7 +242,7 @@ def _compare_one(cfg, modes: list[str], quiet: bool) -> str:
 def cmd_sweep(args) -> int:
     from ptmrec.sweep import format_sweep, run_sweep
 
-    load_config(args.config, args.overrides)  # fail on a bad config before Ray starts
+    checked_config(args, stage2=None)  # fail on a bad config before Ray starts
     summary = run_sweep(args.config, args.overrides, progress=not args.quiet)
     print(format_sweep(summary))
     best = summary["best"]
@@ -246,7 +259,7 @@ def cmd_sweep(args) -> int:
 def cmd_evaluate(args) -> int:
     from ptmrec.stages.evaluate import evaluate_stage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args)
     result = evaluate_stage(cfg, args.stage)
     print(format_metrics({"stage": args.stage, "model": cfg.recommender.name, "dataset": cfg.data.uri,
                           "best_epoch": "-", "wall_s": result["wall_s"], **result}, cfg.eval.ks))
@@ -257,7 +270,7 @@ def cmd_report(args) -> int:
     from ptmrec.report import write_report
     from ptmrec.storage import Storage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args)
     text = write_report(Storage(cfg.storage), cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
     if text is None:
         raise ValueError(f"{cfg.run.uri}: no finished stage (no metrics.json) to report on")
@@ -268,7 +281,7 @@ def cmd_report(args) -> int:
 def cmd_pipeline(args) -> int:
     from ptmrec.pipeline import JobFailed, run_pipeline
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked_config(args, stage2=True)
     # A terminated pipeline must still stop the Ray cluster and S3 server it started (they run in their
     # own sessions): turn SIGTERM into an exit that unwinds the context managers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -290,8 +303,13 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    cfg = load_config(args.config, args.overrides)
+    from ptmrec.checks import stage2_problem
+
+    cfg = checked_config(args)
     print(json.dumps(cfg.to_dict(), indent=2))
+    problem = stage2_problem(cfg)
+    if problem:  # fine for stage 1 alone; the commands that run stage 2 refuse it
+        print(f"ptmrec check-config: note: stage 2 cannot run: {problem}", file=sys.stderr)
     return 0
 
 

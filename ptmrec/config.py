@@ -288,10 +288,13 @@ def resolve_local_paths(cfg: Config) -> None:
     """
     import os
 
-    from ptmrec.storage import absolute_uri  # storage imports this module: import at call time
+    from ptmrec.storage import StorageError, absolute_uri  # storage imports this module: import at call time
 
-    cfg.run.uri = absolute_uri(cfg.run.uri)
-    cfg.data.uri = absolute_uri(cfg.data.uri)
+    for section, key in ((cfg.run, "run.uri"), (cfg.data, "data.uri")):
+        try:
+            section.uri = absolute_uri(section.uri)
+        except StorageError as exc:
+            raise ConfigError(f"{cfg.source_file or 'config'}: {key}: {exc}") from None
     if cfg.data.path:
         cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
     cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
