@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
 
+    p = sub.add_parser("recommend", help="top-K items for users, in the data's own ids, from a finished stage",
+                       description="Score the whole catalogue for each given user with a finished stage's model "
+                       "(the one evaluation ranks with: frozen features for stage1, adapted for stage2), leave out "
+                       "the user's training items, and print the top K items with their scores, in the ids of the "
+                       "prepared data (e.g. MovieLens user and item ids, ASINs for MMRec data with id mappings).")
+    _add_config_args(p)
+    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+    p.add_argument("--user", action="append", required=True, metavar="ID", help="a user id (repeatable)")
+    p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON lines {user, items, scores} instead of a table")
+
     p = sub.add_parser("report", help="(re)write report.md and report.png from a run's metrics",
                        description="Collect every stage's metrics.json under run.uri and write the side-by-side "
                        "report (Markdown table + PNG plot).")
@@ -266,6 +277,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    from dataclasses import asdict
+
+    from ptmrec.stages.recommend import recommend
+
+    cfg = checked_config(args)
+    for rec in recommend(cfg, args.user, k=args.k, stage=args.stage):
+        if args.json:
+            print(json.dumps(asdict(rec)))
+            continue
+        print(f"user {rec.user} ({args.stage}, {cfg.recommender.name}): top {len(rec.items)}")
+        for rank, (item, score) in enumerate(zip(rec.items, rec.scores), start=1):
+            print(f"  {rank:>3}. item {item:<16} score {score:.4f}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from ptmrec.report import write_report
     from ptmrec.storage import Storage
@@ -336,7 +363,7 @@ def cmd_s3_server(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "stage1": cmd_stage1, "stage2": cmd_stage2, "compare": cmd_compare,
-            "report": cmd_report, "pipeline": cmd_pipeline, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
+            "report": cmd_report, "pipeline": cmd_pipeline, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "sweep": cmd_sweep, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
 
 if __name__ == "__main__":
     sys.exit(main())

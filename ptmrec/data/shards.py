@@ -4,7 +4,8 @@ Layout (the README's "Data preparation"):
     <data uri>/items/items-000000.tar         one sample per item: key = item id; .txt, .jpg (if any), .json
                                               (items in a random order of `data.item_order_seed`)
     <data uri>/interactions/users-000000.tar  one sample per user: .json {"user", "train", "valid", "test"}
-    <data uri>/manifest.json                  written last; lists every shard with its sha256
+    <data uri>/ids.json                       the source's user and item ids by dense index
+    <data uri>/manifest.json                  written last; lists every shard (and ids.json) with its sha256
 
 Shards are built in memory and written deterministically (fixed tar headers, fixed order), so the same
 input gives the same bytes: a re-run compares hashes and rewrites nothing that is already correct.
@@ -33,6 +34,7 @@ from ptmrec.storage import Storage, StorageError, join
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+IDS = "ids.json"
 MANIFEST_KEYS = ("dataset", "num_users", "num_items", "num_interactions", "splits", "modalities", "shards")
 
 
@@ -82,6 +84,13 @@ def write_shards(dataset: Dataset, cfg: DataConfig, storage: Storage, progress: 
         bar.update(1)
     bar.close()
 
+    ids = _json(dataset.original_ids())
+    ids_entry = {"name": IDS, "sha256": hashlib.sha256(ids).hexdigest()}
+    if (old or {}).get("ids") != ids_entry or _object_hash(storage, join(cfg.uri, IDS)) != ids_entry["sha256"]:
+        if not manifest_removed:
+            storage.delete(join(cfg.uri, MANIFEST))
+            manifest_removed = True
+        storage.write_bytes(join(cfg.uri, IDS), ids)
     manifest = {
         "dataset": dataset.name,
         "num_users": dataset.num_users,
@@ -90,6 +99,7 @@ def write_shards(dataset: Dataset, cfg: DataConfig, storage: Storage, progress: 
         "splits": dataset.split_counts(),
         "modalities": dataset.modalities,
         "shards": entries,
+        "ids": ids_entry,  # the source's user and item ids by dense index
     }
     if manifest != old or manifest_removed:
         storage.write_text(join(cfg.uri, MANIFEST), json.dumps(manifest, indent=2) + "\n")
@@ -129,6 +139,19 @@ def load_manifest(storage: Storage, data_uri: str) -> dict:
 def shard_hashes(manifest: dict, data_uri: str, kind: str) -> dict[str, str]:
     """URL → sha256 of every shard of `kind` ("items" or "interactions"), in the manifest's order."""
     return {join(data_uri, e["name"]): e["sha256"] for e in manifest["shards"][kind]}
+
+
+def read_ids(storage: Storage, data_uri: str, manifest: dict) -> dict[str, list[str]]:
+    """{"users": [...], "items": [...]}: the source's ids by dense index (data prepared before ids were kept:
+    the dense index as the id)."""
+    entry = manifest.get("ids")
+    if entry is None:
+        return {"users": [str(u) for u in range(manifest["num_users"])],
+                "items": [str(i) for i in range(manifest["num_items"])]}
+    data = storage.read_bytes(join(data_uri, entry["name"]))
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ManifestError(f"{join(data_uri, entry['name'])}: sha256 differs from the manifest's; re-run `ptmrec prepare`")
+    return json.loads(data)
 
 
 def shard_counts(manifest: dict, data_uri: str, kind: str) -> dict[str, int]:

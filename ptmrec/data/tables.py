@@ -29,6 +29,9 @@ class Dataset:
     # (read or drawn) one at a time while shards are written, never all held in memory.
     item_image: Optional[Callable[[int], Optional[Image.Image]]] = None
     item_meta: Optional[list[dict]] = None  # [num_items], small JSON-able facts (asin, title, …)
+    # The source's own ids of users and items, in index order (None: the dense index is the id)
+    user_ids: Optional[list[str]] = None
+    item_ids: Optional[list[str]] = None
     extra: dict = field(default_factory=dict)  # source-specific facts for the manifest's readers
 
     @property
@@ -39,6 +42,11 @@ class Dataset:
         if self.item_texts is not None:
             out.append("text")
         return out
+
+    def original_ids(self) -> dict[str, list[str]]:
+        """{"users": [...], "items": [...]}: the source's ids by dense index (the index itself where it has none)."""
+        return {"users": self.user_ids or [str(u) for u in range(self.num_users)],
+                "items": self.item_ids or [str(i) for i in range(self.num_items)]}
 
     def split_counts(self) -> dict[str, int]:
         counts = np.bincount(self.splits, minlength=3)

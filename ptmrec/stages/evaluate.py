@@ -13,6 +13,7 @@ import torch
 
 from ptmrec.config import Config
 from ptmrec.data.stream import read_interactions
+from ptmrec.recommenders import Recommender
 from ptmrec.runtime.device import select_device
 from ptmrec.stages.common import build_recommender_from_config, evaluate_distributed, load_torch, read_metrics
 from ptmrec.stages.features import load_features
@@ -24,13 +25,25 @@ log = logging.getLogger(__name__)
 def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
     """{"valid": {...}, "test": {...}} of a finished stage ("stage1", "stage2", "stage2-<mode>")."""
     storage = Storage(cfg.storage)
+    start = time.perf_counter()
+    inter = read_interactions(storage, cfg.data.uri)
+    model = load_stage_model(cfg, stage, storage, inter)
+    # The evaluate job's driver may run on a head node without a GPU: a GPU run uses one where it sees one.
+    device = select_device(cfg.ray.use_gpu and torch.cuda.is_available())
+    result = evaluate_distributed(model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    storage.write_text(join(cfg.run.uri, stage, "eval.json"), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def load_stage_model(cfg: Config, stage: str, storage: Storage, inter) -> Recommender:
+    """A finished stage's recommender, rebuilt with the features it scores with (frozen for stage 1,
+    adapted for stage 2), in eval mode on the CPU; a `ValueError` naming the folder if it is not finished."""
     stage_uri = join(cfg.run.uri, stage)
     try:
         read_metrics(storage, stage_uri)
     except StorageError:
         raise ValueError(f"{stage_uri}: no finished {stage} (metrics.json missing)") from None
-    start = time.perf_counter()
-    inter = read_interactions(storage, cfg.data.uri)
     stage1 = load_torch(storage, join(cfg.run.uri, "stage1", "model.pt"))
     if stage == "stage1":
         features = load_features(storage, stage1["features_uri"]) if stage1["features_uri"] else None
@@ -45,12 +58,7 @@ def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
         model.load_state_dict(weights)
     else:
         model.load_weights_without_features(weights)
-    # The evaluate job's driver may run on a head node without a GPU: a GPU run uses one where it sees one.
-    device = select_device(cfg.ray.use_gpu and torch.cuda.is_available())
-    result = evaluate_distributed(model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
-    result["wall_s"] = round(time.perf_counter() - start, 2)
-    storage.write_text(join(stage_uri, "eval.json"), json.dumps(result, indent=2) + "\n")
-    return result
+    return model.eval()
 
 
 def _adapted_features(storage: Storage, cfg: Config, stage: str):

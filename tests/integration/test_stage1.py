@@ -38,6 +38,19 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
     assert [h["epoch"] for h in logged["history"]] == [1, 2, 3]
     assert all("valid/recall@20" in h and "loss/bpr" in h for h in logged["history"])
     assert logged["summary"]["best/test/recall@20"] == pytest.approx(metrics["test"]["recall@20"])
+    # recommendations out of the finished stage: k items per user, none of the user's training items
+    proc = ptmrec(repo, "-q", "recommend", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
+                  "--set", f"run.uri={run}", "--user", "3", "--user", "17", "--k", "20", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from ptmrec.config import load_config
+    from ptmrec.stages.recommend import train_items_of
+
+    cfg = load_config(repo / "configs/smoke.yaml", [f"data.uri={smoke_data}", f"run.uri={run}"])
+    for line, user in zip(proc.stdout.splitlines(), ["3", "17"]):
+        rec = json.loads(line)
+        assert rec["user"] == user and len(rec["items"]) == len(set(rec["items"])) == 20
+        assert rec["scores"] == sorted(rec["scores"], reverse=True)
+        assert not set(rec["items"]) & train_items_of(cfg, user)
     # frozen features are reused by a second run with the same encoder settings
     proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
                   "--set", f"run.uri={run}", "--set", "stage1.epochs=1", timeout=600)

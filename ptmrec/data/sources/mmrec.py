@@ -51,7 +51,30 @@ def load_mmrec(path: str | Path) -> Dataset:
     image_dir = root / "images"
     item_image = _image_reader(image_dir) if image_dir.is_dir() else None
     return Dataset(name=name, num_users=num_users, num_items=num_items, users=users, items=items,
-                   splits=splits, item_texts=texts, item_image=item_image, item_meta=meta)
+                   splits=splits, item_texts=texts, item_image=item_image, item_meta=meta,
+                   user_ids=read_id_mapping(root / "u_id_mapping.csv", "userID", num_users),
+                   item_ids=read_id_mapping(root / "i_id_mapping.csv", "itemID", num_items))
+
+
+def read_id_mapping(path: Path, index_column: str, count: int) -> list[str] | None:
+    """MMRec's `{u,i}_id_mapping.csv` (tab-separated: original id, dense index) as the original ids in index
+    order; None when the file is absent (the dense ids are then the ids)."""
+    if not path.is_file():
+        return None
+    ids: list[str | None] = [None] * count
+    with path.open(newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, [])
+        if len(header) < 2 or header[1] != index_column:
+            raise SourceError(f"{path}: expected a header '<original id><TAB>{index_column}', got {header!r}")
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 2 or not row[1].isdigit() or int(row[1]) >= count:
+                raise SourceError(f"{path}, line {line_no}: expected '<id><TAB><{index_column} below {count}>', "
+                                  f"got {row!r}")
+            ids[int(row[1])] = row[0]
+    return [original if original is not None else str(i) for i, original in enumerate(ids)]
 
 
 def read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -60,7 +60,8 @@ def load_movielens(path: Optional[str] = None, seed: int = 2024,
     texts = [texts_by_raw[raw] for raw in sorted(raw_items)]
     meta = [{"movielens_id": raw} for raw in sorted(raw_items)]
     return Dataset(name="ml-100k", num_users=len(user_index), num_items=len(item_index), users=users,
-                   items=items_arr, splits=splits, item_texts=texts, item_meta=meta)
+                   items=items_arr, splits=splits, item_texts=texts, item_meta=meta,
+                   user_ids=[str(raw) for raw in user_index], item_ids=[str(raw) for raw in sorted(raw_items)])
 
 
 def _atomic_rows(path: Path, columns: tuple[str, ...]):

@@ -24,7 +24,7 @@ def cfg_for(tmp_path, **kw):
 def test_layout_and_manifest(tmp_path, small):
     cfg = cfg_for(tmp_path)
     manifest = write_shards(small, cfg, Storage(), progress=False)
-    assert tuple(manifest) == MANIFEST_KEYS  # exactly these keys
+    assert tuple(manifest) == (*MANIFEST_KEYS, "ids")  # exactly these keys
     assert manifest["num_items"] == 25 and manifest["num_users"] == 30
     assert [e["count"] for e in manifest["shards"]["items"]] == [10, 10, 5]
     assert [e["count"] for e in manifest["shards"]["interactions"]] == [12, 12, 6]
@@ -97,3 +97,19 @@ def test_manifest_errors_name_the_uri(tmp_path):
     (tmp_path / "manifest.json").write_text('{"dataset": "x"}')
     with pytest.raises(ManifestError, match="missing key 'num_users'"):
         load_manifest(st, str(tmp_path))
+
+
+def test_the_sources_ids_travel_with_the_shards(tmp_path):
+    from ptmrec.data.shards import read_ids
+
+    data = make_synthetic(num_users=6, num_items=4, seed=0)
+    data.user_ids = [f"u-{i}" for i in range(6)]
+    data.item_ids = ["apple", "pear", "fig", "kiwi"]
+    cfg = cfg_for(tmp_path)
+    manifest = write_shards(data, cfg, Storage(), progress=False)
+    assert read_ids(Storage(), cfg.uri, manifest) == {"users": data.user_ids, "items": data.item_ids}
+    (tmp_path / "data" / "ids.json").write_text('{"users": [], "items": []}')
+    with pytest.raises(ManifestError, match=r"ids.json: sha256 differs from the manifest's"):
+        read_ids(Storage(), cfg.uri, manifest)
+    del manifest["ids"]  # data prepared before ids were kept: the dense index is the id
+    assert read_ids(Storage(), cfg.uri, manifest)["items"] == ["0", "1", "2", "3"]

@@ -83,3 +83,15 @@ def test_item_text_and_images(tmp_path):
     assert d.item_texts == ["Mug & Co. Kitchen | Mugs", "Acme. A sturdy lamp", "Toys"]
     assert d.modalities == ["image", "text"]
     assert d.item_image(0) is None and d.item_image(1).size == (10, 20)
+
+
+def test_id_mappings_give_the_original_ids(shared_data, tmp_path):
+    d = load_mmrec(shared_data / "amazon-baby")
+    assert d.item_ids[:2] == ["097293751X", "9729375011"] and d.user_ids[0] == "A1HK2FQW6KXQB2"
+    from ptmrec.data.sources.mmrec import read_id_mapping
+
+    bad = tmp_path / "i_id_mapping.csv"
+    bad.write_text("asin\titemID\nB01\t0\nB02\tseven\n")
+    with pytest.raises(SourceError, match=r"i_id_mapping.csv, line 3: expected '<id><TAB><itemID below 5>', got \['B02', 'seven'\]"):
+        read_id_mapping(bad, "itemID", 5)
+    assert read_id_mapping(tmp_path / "missing.csv", "itemID", 5) is None

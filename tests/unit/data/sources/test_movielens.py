@@ -32,3 +32,10 @@ def test_rating_threshold_keeps_only_high_ratings():
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(SourceError, match=r"ml-100k\.inter: not found"):
         load_movielens(path=str(tmp_path))
+
+
+def test_original_ids_are_movielens_ids():
+    d = load_movielens(seed=2024)
+    ids = d.original_ids()
+    assert ids["users"][:3] == ["1", "2", "3"] and len(ids["users"]) == 943
+    assert ids["items"][0] == "1" and d.item_meta[0]["movielens_id"] == 1
