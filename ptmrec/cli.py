@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON lines {user, items, scores} instead of a table")
 
+    p = sub.add_parser("export", help="serving files of a finished stage: Parquet representations + a faiss index",
+                       description="Write <run.uri>/<stage>/export/: users.parquet and items.parquet (the data's own "
+                       "ids, the representations whose dot products are the scores, and the item features the stage "
+                       "scores with, adapted ones for stage2), items.faiss (an HNSW inner-product index over the "
+                       "items) and export.json, written last, with the index's recall@K against exact scoring.")
+    _add_config_args(p)
+    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+    p.add_argument("--k", type=int, default=20, help="K of the index's recall@K check (default: 20)")
+
     p = sub.add_parser("report", help="(re)write report.md and report.png from a run's metrics",
                        description="Collect every stage's metrics.json under run.uri and write the side-by-side "
                        "report (Markdown table + PNG plot).")
@@ -293,6 +302,19 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ptmrec.stages.export import export_stage
+
+    cfg = checked_config(args)
+    summary = export_stage(cfg, args.stage, k=args.k)
+    index = summary["index"]
+    print(f"{summary['users']} users and {summary['items']} items ({summary['dim']}-d) → "
+          f"{cfg.run.uri}/{args.stage}/export/{{{','.join(summary['files'])},export.json}}")
+    print(f"index {index['type']}: recall@{args.k} against exact scoring {index[f'recall@{args.k}']:.4f} "
+          f"over {index['checked_users']} users (built in {index['build_s']:.1f} s)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from ptmrec.report import write_report
     from ptmrec.storage import Storage
@@ -363,7 +385,7 @@ def cmd_s3_server(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "stage1": cmd_stage1, "stage2": cmd_stage2, "compare": cmd_compare,
-            "report": cmd_report, "pipeline": cmd_pipeline, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "sweep": cmd_sweep, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
+            "report": cmd_report, "pipeline": cmd_pipeline, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "export": cmd_export, "sweep": cmd_sweep, "check-config": cmd_check_config, "s3-server": cmd_s3_server}
 
 if __name__ == "__main__":
     sys.exit(main())

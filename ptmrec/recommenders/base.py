@@ -62,6 +62,11 @@ class Recommender(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{self.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+    def item_features(self) -> dict[str, torch.Tensor]:
+        """The item features this model was built with (adapted ones for a stage-2 model), by modality; none
+        for an ID-only model."""
+        return {m: getattr(self, f"feat_{m}") for m in getattr(self, "modalities", ())}
+
     def adopt_reference_features(self, other: "Recommender") -> None:
         """Take over `other`'s reference features and what is derived from them, `other` being this kind of
         model built on another (adapted) catalogue. The stage-2 student calls it after each re-encode, so

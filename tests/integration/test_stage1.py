@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.integration.conftest import ENV, ptmrec
 
@@ -51,6 +52,12 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
         assert rec["user"] == user and len(rec["items"]) == len(set(rec["items"])) == 20
         assert rec["scores"] == sorted(rec["scores"], reverse=True)
         assert not set(rec["items"]) & train_items_of(cfg, user)
+    # serving files: Parquet rows equal the representations evaluation scores with; the index agrees with exact
+    proc = ptmrec(repo, "-q", "export", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
+                  "--set", f"run.uri={run}", "--k", "10", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "recall@10 against exact scoring" in proc.stdout
+    check_export(cfg, run / "stage1" / "export")
     # frozen features are reused by a second run with the same encoder settings
     proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
                   "--set", f"run.uri={run}", "--set", "stage1.epochs=1", timeout=600)
@@ -84,3 +91,28 @@ def test_interrupted_run_resumes_from_its_checkpoint(repo, smoke_data, tmp_path)
     # the history picks up after the restored epochs instead of starting over
     assert [h["epoch"] for h in metrics["history"]][-2:] == [done + 1, done + 2]
     assert "resumed from the checkpoint" in proc.stderr
+
+
+def check_export(cfg, folder) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ptmrec.data.shards import load_manifest, read_ids
+    from ptmrec.data.stream import read_interactions
+    from ptmrec.stages.evaluate import load_stage_model
+    from ptmrec.stages.export import load_index
+    from ptmrec.storage import Storage
+
+    summary = json.loads((folder / "export.json").read_text())
+    storage = Storage()
+    model = load_stage_model(cfg, "stage1", storage, read_interactions(storage, cfg.data.uri))
+    with torch.no_grad():
+        users, items = (t.numpy() for t in model())
+    ids = read_ids(storage, cfg.data.uri, load_manifest(storage, cfg.data.uri))
+    user_table, item_table = pq.read_table(folder / "users.parquet"), pq.read_table(folder / "items.parquet")
+    assert user_table.column("id").to_pylist() == ids["users"] and item_table.column("id").to_pylist() == ids["items"]
+    np.testing.assert_array_equal(np.stack(user_table.column("embedding").to_numpy(zero_copy_only=False)), users)
+    np.testing.assert_array_equal(np.stack(item_table.column("embedding").to_numpy(zero_copy_only=False)), items)
+    assert {"feature_image", "feature_text"} <= set(item_table.column_names)  # vbpr on both modalities
+    index = load_index((folder / "items.faiss").read_bytes())
+    assert index.ntotal == len(items) and summary["index"]["recall@10"] >= 0.9
