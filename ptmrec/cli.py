@@ -20,10 +20,12 @@ from the config's `storage` section or the standard AWS_* environment variables)
 """
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, stage: bool = False) -> None:
     p.add_argument("--config", required=True, help="run config (YAML), e.g. configs/demo-ml100k.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set recommender.name=lightgcn (repeatable)")
+    if stage:  # commands that read a finished stage
+        p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,16 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild a finished stage's recommender with its cached features (frozen for "
                        "stage1, adapted for stage2) and rank every item for every user, MMRec's protocol; writes "
                        "<run.uri>/<stage>/eval.json.")
-    _add_config_args(p)
-    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+    _add_config_args(p, stage=True)
 
     p = sub.add_parser("recommend", help="top-K items for users, in the data's own ids, from a finished stage",
                        description="Score the whole catalogue for each given user with a finished stage's model "
                        "(the one evaluation ranks with: frozen features for stage1, adapted for stage2), leave out "
                        "the user's training items, and print the top K items with their scores, in the ids of the "
                        "prepared data (e.g. MovieLens user and item ids, ASINs for MMRec data with id mappings).")
-    _add_config_args(p)
-    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+    _add_config_args(p, stage=True)
     p.add_argument("--user", action="append", required=True, metavar="ID", help="a user id (repeatable)")
     p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON lines {user, items, scores} instead of a table")
@@ -101,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ids, the representations whose dot products are the scores, and the item features the stage "
                        "scores with, adapted ones for stage2), items.faiss (an HNSW inner-product index over the "
                        "items) and export.json, written last, with the index's recall@K against exact scoring.")
-    _add_config_args(p)
-    p.add_argument("--stage", default="stage1", help="stage1, stage2 or stage2-<mode> (default: stage1)")
+    _add_config_args(p, stage=True)
     p.add_argument("--k", type=int, default=20, help="K of the index's recall@K check (default: 20)")
 
     p = sub.add_parser("report", help="(re)write report.md and report.png from a run's metrics",
