@@ -50,8 +50,24 @@ class StorageConfig:
 
 
 @dataclass
+class TableConfig:
+    """`data.source: table`: your own interactions as a CSV or Parquet file, optional item texts and images.
+    Ids may be any strings; `prepare` keeps them (ids.json) and `recommend` answers in them."""
+
+    interactions: Optional[str] = None  # CSV or Parquet: one row per interaction
+    user: str = "user"  # column names in it
+    item: str = "item"
+    time: Optional[str] = None  # numbers or ISO dates; needed by split: chronological
+    rating: Optional[str] = None  # with data.rating_threshold, rows below the threshold are dropped
+    split: Literal["random", "chronological"] = "random"  # per user, MMRec's held-out sizes (seed: data.split_seed)
+    items: Optional[str] = None  # item table (CSV or Parquet) with the `item` column
+    text: list[str] = field(default_factory=list)  # columns of the item table joined into each item's text
+    images: Optional[str] = None  # folder of <item id>.jpg / .jpeg / .png
+
+
+@dataclass
 class DataConfig:
-    source: Literal["mmrec", "movielens", "synthetic"]
+    source: Literal["mmrec", "movielens", "synthetic", "table"]
     uri: str  # where `prepare` writes the shards and manifest.json
     path: Optional[str] = None  # the raw input: an MMRec directory for `mmrec`
     shard_items: int = 1000  # items per item shard
@@ -63,6 +79,7 @@ class DataConfig:
     jpeg_quality: int = 90
     split_seed: int = 2024  # seeds the per-user split where the source has none (movielens, synthetic)
     rating_threshold: Optional[float] = None  # movielens: keep ratings >= this; null keeps all
+    table: TableConfig = field(default_factory=TableConfig)  # the `table` source
     # synthetic source only
     synthetic_users: int = 200
     synthetic_items: int = 120
@@ -297,6 +314,10 @@ def resolve_local_paths(cfg: Config) -> None:
             raise ConfigError(f"{cfg.source_file or 'config'}: {key}: {exc}") from None
     if cfg.data.path:
         cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
+    table = cfg.data.table
+    for key in ("interactions", "items", "images"):
+        if getattr(table, key):
+            setattr(table, key, os.path.abspath(os.path.expanduser(getattr(table, key))))
     cfg.run.ds_config = os.path.abspath(os.path.expanduser(cfg.run.ds_config))
     model = cfg.encoder.model
     if model and (model.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(model))):

@@ -65,23 +65,36 @@ class Dataset:
         return out
 
 
-def mmrec_split(users: np.ndarray, num_users: int, seed: int) -> np.ndarray:
-    """MMRec's per-user random split: the split label of every interaction.
+def held_out_sizes(n: int) -> tuple[int, int]:
+    """MMRec's per-user rule: (held out, of which valid) for a user with `n` interactions. Fewer than 10:
+    one valid and one test; otherwise 20 % (rounded down) held out, split evenly, the test side taking the
+    odd one; a user with one interaction keeps it for training."""
+    held = min(max(2, n // 5), n - 1) if n > 1 else 0
+    return held, held // 2
 
-    Per user, in a seeded random order: fewer than 10 interactions hold out one valid and one test item;
-    otherwise 20 % (rounded down) is held out, split evenly, the test side taking the odd one. The rule
-    reproduces the per-user split sizes of the Amazon data in MMRec format exactly (see the tests).
-    """
+
+def mmrec_split(users: np.ndarray, num_users: int, seed: int) -> np.ndarray:
+    """MMRec's per-user random split: the split label of every interaction, `held_out_sizes` per user in a
+    seeded random order. The rule reproduces the per-user split sizes of the Amazon data in MMRec format
+    exactly (see the tests)."""
     rng = np.random.default_rng(seed)
+    return _per_user_split(users, num_users, lambda idx: idx[rng.permutation(len(idx))])
+
+
+def chronological_split(users: np.ndarray, times: np.ndarray, num_users: int) -> np.ndarray:
+    """The same held-out sizes, each user's latest interactions held out: valid before test (ties keep the
+    input order)."""
+    return _per_user_split(users, num_users, lambda idx: idx[np.argsort(times[idx], kind="stable")])
+
+
+def _per_user_split(users: np.ndarray, num_users: int, order_of) -> np.ndarray:
     splits = np.zeros(len(users), dtype=np.int8)
     order = np.argsort(users, kind="stable")
     bounds = np.searchsorted(users[order], np.arange(num_users + 1))
     for u in range(num_users):
-        idx = order[bounds[u]:bounds[u + 1]]
+        idx = order_of(order[bounds[u]:bounds[u + 1]])
         n = len(idx)
-        held = min(max(2, n // 5), n - 1) if n > 1 else 0
-        valid = held // 2
-        idx = idx[rng.permutation(n)]
+        held, valid = held_out_sizes(n)
         splits[idx[n - held:n - held + valid]] = VALID
         splits[idx[n - held + valid:]] = TEST
     return splits

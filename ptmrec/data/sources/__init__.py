@@ -22,4 +22,8 @@ def load_source(cfg: DataConfig) -> Dataset:
         from ptmrec.data.sources.synthetic import make_synthetic
 
         return make_synthetic(num_users=cfg.synthetic_users, num_items=cfg.synthetic_items, seed=cfg.split_seed)
-    raise ValueError(f"data.source: unknown source {cfg.source!r}; valid: mmrec, movielens, synthetic")
+    if cfg.source == "table":
+        from ptmrec.data.sources.table import load_table
+
+        return load_table(cfg.table, seed=cfg.split_seed, rating_threshold=cfg.rating_threshold)
+    raise ValueError(f"data.source: unknown source {cfg.source!r}; valid: mmrec, movielens, synthetic, table")

@@ -49,7 +49,7 @@ def load_mmrec(path: str | Path) -> Dataset:
         num_items = len(texts)
 
     image_dir = root / "images"
-    item_image = _image_reader(image_dir) if image_dir.is_dir() else None
+    item_image = image_reader(image_dir) if image_dir.is_dir() else None
     return Dataset(name=name, num_users=num_users, num_items=num_items, users=users, items=items,
                    splits=splits, item_texts=texts, item_image=item_image, item_meta=meta,
                    user_ids=read_id_mapping(root / "u_id_mapping.csv", "userID", num_users),
@@ -140,10 +140,14 @@ def _int_id(text: str, path: Path, line_no: int, column: str) -> int:
     return value
 
 
-def _image_reader(image_dir: Path):
+def image_reader(image_dir: Path, names: Optional[list[str]] = None):
+    """`item -> image or None`, from `<image_dir>/<name>.jpg|.jpeg|.png`, the name being `names[item]` (the
+    item's own id) or the dense index."""
+
     def item_image(item: int) -> Optional[Image.Image]:
+        name = names[item] if names is not None else str(item)
         for ext in (".jpg", ".jpeg", ".png"):
-            p = image_dir / f"{item}{ext}"
+            p = image_dir / f"{name}{ext}"
             if p.is_file():
                 try:
                     with Image.open(p) as im:
