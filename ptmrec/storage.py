@@ -269,6 +269,12 @@ def _error_code(exc) -> str:
 _TEMP_MARK = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _is_temp_name(name: str) -> bool:
     return _TEMP_MARK in name
 
@@ -287,6 +293,9 @@ class _atomic_local:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask), so a
+            # group sharing a cluster file system can read the run.
+            os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
         else:
             Path(self.tmp).unlink(missing_ok=True)

@@ -62,3 +62,16 @@ def test_listing_hides_temp_files(tmp_path):
     (tmp_path / ".x.json.tmp-123").write_text("partial")
     (tmp_path / "done.json").write_text("{}")
     assert Storage().list(str(tmp_path)) == ["done.json"]
+
+
+def test_local_files_get_the_mode_a_plain_open_gives(tmp_path):
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        Storage().write_text(str(tmp_path / "metrics.json"), "{}")
+        Storage().write_bytes(str(tmp_path / "model.pt"), b"x")
+    finally:
+        os.umask(previous)
+    for name in ("metrics.json", "model.pt"):  # readable by the group and others, as on a shared file system
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
