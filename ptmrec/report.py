@@ -70,37 +70,73 @@ def write_report(storage: Storage, run_uri: str, ks: list[int], metric: str = "r
 
 
 def plot(rows: list[dict], metric: str) -> bytes:
-    """Bars of test metric per stage, and the valid metric per epoch of each stage (PNG bytes)."""
+    """Four panels (PNG bytes): each stage's change against frozen on every test metric; stage 1's valid
+    curve; stage 2's valid curves on their own (zoomed) axis with frozen as a line; stage 2's loss terms.
+    Best epochs are starred; the title names dataset, model, adapter and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.2))
-    names = [label(m) for m in rows]
-    values = [m["test"].get(metric, 0.0) for m in rows]
-    bars.bar(range(len(rows)), values, color=["#888888"] + ["#3b75af"] * (len(rows) - 1))
-    bars.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
-    bars.set_ylabel(f"test {metric}")
-    bars.set_title("best-valid checkpoint of each stage")
-    for i, v in enumerate(values):
-        bars.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
-    # Stage-2 curves start where stage 1's best epoch left off: that is the model they continue from.
-    offset = rows[0].get("best_epoch", 0) if rows and rows[0]["stage"] == "stage1" else 0
-    for m, name in zip(rows, names):
-        hist = [h for h in m.get("history", []) if f"valid/{metric}" in h]
-        shift = offset if m["stage"] != "stage1" and m.get("mode") != "joint" else 0
-        if hist:
-            curves.plot([h["epoch"] + shift for h in hist], [h[f"valid/{metric}"] for h in hist], marker=".", label=name)
-    curves.set_xlabel("epoch (stage-2 epochs counted on from stage 1's best)")
-    curves.set_ylabel(f"valid {metric}")
-    curves.set_title("training curves")
-    curves.legend(fontsize=8)
+    fig, ((changes, curve1), (curves2, losses)) = plt.subplots(2, 2, figsize=(12.5, 8.2))
+    frozen = rows[0] if rows and rows[0]["stage"] == "stage1" else None
+    later = [m for m in rows if m is not frozen]
+    _plot_changes(changes, frozen, later)
+    if frozen is not None:
+        _plot_curve(curve1, frozen, metric, label(frozen), color="#555555")
+        curve1.set_title(f"stage 1: valid {metric} (★ best epoch)", fontsize=10)
+    for i, m in enumerate(later):
+        _plot_curve(curves2, m, metric, label(m), color=f"C{i}")
+        for key, style in (("bpr", "-"), ("kt_", "--")):
+            for name in sorted({k for h in m.get("history", []) for k in h if k.startswith(f"loss/{key}")}):
+                points = [(h["epoch"], h[name]) for h in m["history"] if name in h]
+                losses.plot(*zip(*points), style, color=f"C{i}", marker=".", label=f"{m.get('mode')}: {name[5:]}")
+    if frozen is not None and frozen["valid"].get(metric) is not None:
+        curves2.axhline(frozen["valid"][metric], color="#555555", ls=":", label="frozen (stage 1's best)")
+    curves2.set_title(f"stage 2: valid {metric} per epoch (0 = the starting point)", fontsize=10)
+    losses.set_title("stage 2: loss terms per epoch", fontsize=10)
+    losses.set_xlabel("epoch")
+    for ax in (curve1, curves2, losses):
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    first = rows[0] if rows else {}
+    adapters = sorted({m.get("adapter") for m in later if m.get("adapter")})
+    fig.suptitle(f"{first.get('dataset', '?')}: {first.get('model', '?')}, adapter {', '.join(adapters) or '-'}, "
+                 f"seed {first.get('seed', '?')}", fontsize=12)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _plot_changes(ax, frozen: Optional[dict], later: list[dict]) -> None:
+    """Grouped bars: Δ % of each later stage against frozen on each test metric, labelled."""
+    names = [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if frozen and k in frozen["test"]]
+    width = 0.8 / max(len(later), 1)
+    for i, m in enumerate(later):
+        deltas = [100 * (m["test"].get(k, float("nan")) / frozen["test"][k] - 1) for k in names]
+        xs = [j + (i - (len(later) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, deltas, width, color=f"C{i}", label=label(m))
+        for x, d in zip(xs, deltas):
+            ax.text(x, d, f"{d:+.2f}", ha="center", va="bottom" if d >= 0 else "top", fontsize=7)
+    ax.axhline(0, color="#555555", lw=0.8)
+    ax.set_xticks(range(len(names)), [f"test {k}" for k in names], fontsize=8)
+    ax.set_ylabel("Δ % against frozen (stage 1)")
+    ax.set_title("change against the frozen encoders, best-valid epoch of each stage", fontsize=10)
+    if later:
+        ax.legend(fontsize=7)
+
+
+def _plot_curve(ax, m: dict, metric: str, name: str, color: str) -> None:
+    points = [(h["epoch"], h[f"valid/{metric}"]) for h in m.get("history", []) if f"valid/{metric}" in h]
+    if not points:
+        return
+    ax.plot(*zip(*points), marker=".", color=color, label=name)
+    best = dict(points).get(m.get("best_epoch"))
+    if best is not None:
+        ax.plot([m["best_epoch"]], [best], marker="*", markersize=14, color=color)
+    ax.set_xlabel("epoch")
 
 
 def paired_t_pvalue(differences: list[float]) -> float | None:

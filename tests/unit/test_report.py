@@ -36,3 +36,15 @@ def test_paired_t_test_p_values():
     mean = 2.776 * (0.02 / 4) ** 0.5 / 5 ** 0.5
     assert paired_t_pvalue([mean + e for e in noise]) == pytest.approx(0.05, abs=1e-4)
     assert paired_t_pvalue([0.3]) is None and paired_t_pvalue([0.0, 0.0]) == 1.0
+
+
+def test_the_report_plot_draws_every_stage():
+    from ptmrec.report import plot
+
+    frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "dataset": "toy", "seed": 3, "best_epoch": 2,
+              "history": [{"epoch": e, "valid/recall@20": 0.1 * e} for e in (1, 2, 3)]}
+    ours = {**_metrics("stage2", 0.11, 0.21, 0.22, "ptmrec"), "best_epoch": 1,
+            "history": [{"epoch": 0, "valid/recall@20": 0.2}, {"epoch": 1, "valid/recall@20": 0.22,
+                                                                  "loss/bpr": 0.5, "loss/kt_text": 0.1}]}
+    png = plot([frozen, ours], "recall@20")
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
