@@ -158,6 +158,7 @@ def knowledge_worker(config: dict) -> None:
         if rank == 0:
             log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
                      result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
+    run_start, first_epoch = time.perf_counter(), state.epoch
     for epoch in range(state.epoch, settings["epochs"]):
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
@@ -169,8 +170,9 @@ def knowledge_worker(config: dict) -> None:
         state.history.append(record)
         tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
-            log.info("epoch %d/%d: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s", state.epoch,
-                     settings["epochs"], ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
+            per_epoch = (time.perf_counter() - run_start) / (state.epoch - first_epoch)
+            log.info("epoch %s: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s",
+                     state.progress(settings["epochs"], settings["patience"], per_epoch), ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
                      epoch_run.items_per_epoch / max(epoch_s, 1e-9), cfg.eval.metric,
                      result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
                      " *best*" if improved else "")

@@ -98,7 +98,7 @@ def recommendation_worker(config: dict) -> None:
     # --- train, evaluate, checkpoint, early-stop
     micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
     sc = cfg.stage1
-    train_s, triples_seen = 0.0, 0
+    train_s, triples_seen, run_start, first_epoch = 0.0, 0, time.perf_counter(), state.epoch
     for epoch in range(state.epoch, sc.epochs):
         t0 = time.perf_counter()
         parts = train_epoch(engine, model, inter, epoch, cfg.run.seed, micro, rank, world_size, device)
@@ -123,7 +123,9 @@ def recommendation_worker(config: dict) -> None:
         tracker.log(record, step=state.epoch)
         stop = state.bad_evals >= sc.patience
         if rank == 0:
-            log.info("epoch %d: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s", state.epoch,
+            per_epoch = (time.perf_counter() - run_start) / (state.epoch - first_epoch)
+            log.info("epoch %s: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s",
+                     state.progress(sc.epochs, sc.patience, per_epoch, sc.eval_every),
                      sum(parts.values()), ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), epoch_s,
                      cfg.eval.metric, result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
                      " *best*" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})")

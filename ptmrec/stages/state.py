@@ -23,6 +23,14 @@ class TrainState:
     history: list = field(default_factory=list)
     resumed_from_epoch: Optional[int] = None
 
+    def progress(self, epochs: int, patience: int, seconds_per_epoch: float, epochs_per_eval: int = 1) -> str:
+        """"k/N" and how long at most until early stopping (`patience` evaluations without a better one) or
+        the last epoch, for the epoch log line."""
+        last = min(epochs, self.epoch + max(0, patience - self.bad_evals) * epochs_per_eval)
+        left = (last - self.epoch) * seconds_per_epoch
+        eta = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+        return f"{self.epoch}/{epochs}" + (f", stops by {last} (≤ {eta})" if last > self.epoch else "")
+
     def observe(self, result: dict[str, dict[str, float]], metric: str) -> bool:
         """Record an evaluation of epoch `self.epoch`; True if it is the best so far on valid `metric`."""
         score = result["valid"][metric]

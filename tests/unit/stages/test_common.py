@@ -55,3 +55,12 @@ def _csr(inter):
     from ptmrec.evaluation import csr_from_pairs
 
     return csr_from_pairs(inter.train_users, inter.train_items, inter.num_users)
+
+
+def test_epoch_progress_says_k_of_n_and_the_latest_stop():
+    from ptmrec.stages.state import TrainState
+
+    state = TrainState(epoch=12, bad_evals=3)
+    assert state.progress(1000, 20, 3.0) == "12/1000, stops by 29 (≤ 51 s)"
+    assert state.progress(1000, 20, 60.0, epochs_per_eval=2) == "12/1000, stops by 46 (≤ 34 min)"
+    assert TrainState(epoch=5, bad_evals=0).progress(5, 3, 1.0) == "5/5"
