@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "vision-language models for multimodal recommendation.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="pipeline: show every line of the jobs' output (Ray's CLI chatter, W&B's banners)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="raw data → WebDataset shards + manifest.json at data.uri",
@@ -335,7 +337,8 @@ def cmd_pipeline(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
     try:
-        metrics = run_pipeline(cfg, args.config, args.overrides, address=args.address, force=args.force)
+        metrics = run_pipeline(cfg, args.config, args.overrides, address=args.address, force=args.force,
+                               verbose=args.verbose)
     except JobFailed as exc:
         print(f"ptmrec pipeline: {exc}", file=sys.stderr)
         return exc.status

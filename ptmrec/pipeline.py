@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -53,7 +54,7 @@ class JobFailed(RuntimeError):
 
 
 def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: Optional[str] = None,
-                 force: bool = False) -> dict:
+                 force: bool = False, verbose: bool = False) -> dict:
     """Run the three jobs; returns {"stage1": metrics, "stage2": metrics, "report": report.md's text}."""
     from ptmrec.runtime.local_ray import LocalRayCluster
     from ptmrec.runtime.local_s3 import LocalS3Server
@@ -92,7 +93,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
         else:
             python = "python"
         for job in pending:
-            submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes)
+            submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes, verbose)
         # Read while a local S3 server we started still holds the objects (stage 2 wrote the report).
         out = {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json")))
                for stage in ("stage1", "stage2")}
@@ -114,8 +115,34 @@ def _wants_local_s3(cfg: Config) -> bool:
     return not (cfg.storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
 
 
+# Lines of `ray job submit` output that say nothing about the run: Ray's CLI chatter, W&B's run banners and
+# summaries (the W&B run holds them), progress-bar repaints, one-time build notes, and a Ray warning about
+# its own actors. Shown with `ptmrec -v`.
+NOISE = re.compile("|".join([
+    r"\b(INFO|SUCC) (cli|packaging|dashboard_sdk|sdk)\.py:\d+ --",
+    r"^-{6,}\s*$",
+    r"Running entrypoint for job ",
+    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store",
+    r"\bwandb:",
+    r"Setting accelerator to CPU",
+    r"deepspeed_shm_comm_op built successfully",
+    r"Loading weights:",
+    r"FutureWarning: `torch\.distributed\._",
+    r"^\s*return func\(\*args, \*\*kwargs\)\s*$",
+]))
+
+
+def shown(line: str) -> Optional[str]:
+    """The part of a job's output line worth printing (a progress bar's last repaint), or None for noise."""
+    line = line.rstrip("\n").split("\r")[-1]
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)
+    if not plain.strip() or NOISE.search(plain):
+        return None
+    return line
+
+
 def submit(job: Job, address: str, python: str, config_path: str, overrides: list[str], env_vars: dict,
-           excludes: list[str]) -> None:
+           excludes: list[str], verbose: bool = False) -> None:
     """`ray job submit` one job and stream its logs; raises JobFailed on a non-zero exit."""
     entrypoint = " ".join([python, job.script, "--config", shlex.quote(config_path),
                            *(f"--set {shlex.quote(o)}" for o in overrides)])
@@ -124,7 +151,17 @@ def submit(job: Job, address: str, python: str, config_path: str, overrides: lis
            "--submission-id", f"ptmrec-{job.name}-{int(time.time())}", "--", *shlex.split(entrypoint)]
     print(f"== {job.name}: ray job submit --address {address} --working-dir . -- {entrypoint}", flush=True)
     start = time.perf_counter()
-    status = subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}).returncode
-    if status != 0:
-        raise JobFailed(job.name, status)
-    print(f"== {job.name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+    hidden = 0
+    with subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            keep = line.rstrip("\n") if verbose else shown(line)
+            if keep is None:
+                hidden += 1
+            else:
+                print(keep, flush=True)
+    note = f" ({hidden} lines of Ray / W&B chatter hidden; `ptmrec -v pipeline …` shows them)" if hidden else ""
+    if proc.returncode != 0:
+        print(f"== {job.name}: failed with exit status {proc.returncode}{note}", flush=True)
+        raise JobFailed(job.name, proc.returncode)
+    print(f"== {job.name}: done in {time.perf_counter() - start:.0f} s{note}", flush=True)

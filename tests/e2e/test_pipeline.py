@@ -49,11 +49,12 @@ def test_pipeline_stops_at_the_first_failed_job(repo, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml",
-         "--set", f"run.uri={tmp_path}/run", "--set", f"data.uri={tmp_path}/data", "--set", "recommender.name=nosuch"],
+         "--set", f"run.uri={tmp_path}/run", "--set", f"data.uri={tmp_path}/data",
+         "--set", "stage1.batch_size=255"],  # passes the config checks, fails in the stage-1 job
         cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "== prepare: done in" in out and "== stage1: ray job submit" in out
-    assert "job stage1 failed with exit status" in out and "unknown recommender 'nosuch'" in out
+    assert "job stage1 failed with exit status" in out and "batch_size 255 does not split evenly" in out
     assert "== stage2" not in out  # never submitted
     assert not (tmp_path / "run" / "stage1" / "metrics.json").exists()
