@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", required=True, metavar="ID", help="a user id (repeatable)")
     p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON lines {user, items, scores} instead of a table")
+    p.add_argument("--items-file", default=None, metavar="FILE",
+                   help="rank new items instead of the catalogue: a CSV or Parquet file with an `item` column, `text` "
+                        "for a text tower and `image` (paths relative to the file) for an image tower; scored "
+                        "through the stage's encoder (adapted for stage2) without retraining")
 
     p = sub.add_parser("export", help="serving files of a finished stage: Parquet representations + a faiss index",
                        description="Write <run.uri>/<stage>/export/: users.parquet and items.parquet (the data's own "
@@ -290,10 +294,14 @@ def cmd_evaluate(args) -> int:
 def cmd_recommend(args) -> int:
     from dataclasses import asdict
 
-    from ptmrec.stages.recommend import recommend
+    from ptmrec.stages.recommend import recommend, recommend_new_items
 
     cfg = checked_config(args)
-    for rec in recommend(cfg, args.user, k=args.k, stage=args.stage):
+    if args.items_file:
+        recs = recommend_new_items(cfg, args.user, args.items_file, k=args.k, stage=args.stage)
+    else:
+        recs = recommend(cfg, args.user, k=args.k, stage=args.stage)
+    for rec in recs:
         if args.json:
             print(json.dumps(asdict(rec)))
             continue

@@ -126,6 +126,13 @@ class Recommender(nn.Module):
         """The users' representations as scored by `full_scores`: [B] LongTensor -> [B, D]."""
         return self.forward()[0][users]
 
+    def cold_item_embeddings(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[n, D] representations of items outside the catalogue from their features alone (`modality ->
+        [n, d_m]`, every modality the model uses): no interactions and no ID embedding, so that
+        `user_embeddings(users) @ result.T` scores them as this model scores content (the cold-start case
+        content models exist for). Content models only."""
+        raise NotImplementedError(self._id_only_message("cold_item_embeddings"))
+
     # -- stage 2: scores driven by (adapted) item features ------------------------------------------------
 
     def score_with_features(
@@ -214,3 +221,13 @@ def check_replacement_features(
         if tuple(feat.shape) != expected:
             raise ValueError(f"{model_name}: features[{name!r}] has shape {tuple(feat.shape)}, expected {list(expected)}")
     return features
+
+
+def new_item_features(model: Recommender, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Features of items outside the catalogue: every modality the model uses, with its own widths."""
+    own = {m: getattr(model, f"feat_{m}") for m in model.modalities}
+    missing = [m for m in model.modalities if m not in features]
+    if missing:
+        raise ValueError(f"{model.name}: new items need features for every modality it uses; missing {missing}")
+    n = len(next(iter(features.values())))
+    return check_replacement_features(model.name, {m: features[m] for m in model.modalities}, own, n)

@@ -29,6 +29,7 @@ from ptmrec.recommenders.base import (
     TrainInteractions,
     check_features,
     check_replacement_features,
+    new_item_features,
 )
 from ptmrec.recommenders.graphs import (
     bipartite_edge_weights,
@@ -215,15 +216,30 @@ class FREEDOM(Recommender):
         if self.n_mm_layers == 0:
             item_graph = self.item_id_embedding.weight[items]
         else:
-            previous = self._item_graph_embeddings(self.n_mm_layers - 1)
-            item_graph = 0
-            for m in self.modalities:
-                if m in features:
-                    nbrs = knn_neighbours(features[m].to(own[m].dtype), own[m], self.knn_k)
-                else:
-                    nbrs = getattr(self, f"knn_{m}")[items]
-                item_graph = item_graph + self.mix[m] * previous[nbrs].mean(1)
+            item_graph = self._item_graph_rows(features, items)
         return user_repr[users] @ (item_ui[items] + item_graph).T
+
+    def _item_graph_rows(self, features, items=None) -> torch.Tensor:
+        """Item-graph embeddings of items whose neighbours are looked up by `features` among the reference
+        features (a modality without features uses catalogue item `items`' own neighbours)."""
+        own = {m: getattr(self, f"feat_{m}") for m in self.modalities}
+        previous = self._item_graph_embeddings(self.n_mm_layers - 1)
+        rows = 0
+        for m in self.modalities:
+            if m in features:
+                nbrs = knn_neighbours(features[m].to(own[m].dtype), own[m], self.knn_k)
+            else:
+                nbrs = getattr(self, f"knn_{m}")[items]
+            rows = rows + self.mix[m] * previous[nbrs].mean(1)
+        return rows
+
+    def cold_item_embeddings(self, features):
+        """The item-graph part only, from the new items' neighbours among the catalogue: a new item has no
+        user-item edges and no ID embedding, so its LightGCN part is zero."""
+        features = new_item_features(self, features)
+        if self.n_mm_layers == 0:
+            return self.item_id_embedding.weight.new_zeros(len(next(iter(features.values()))), self.embedding_dim)
+        return self._item_graph_rows(features)
 
     def item_modality_embeddings(self, items, features=None):
         """Per modality m: Linear_m(f_m) ([n, D]); a missing modality uses the model's (trained) table."""

@@ -13,6 +13,7 @@ from ptmrec.recommenders.base import (
     TrainInteractions,
     check_features,
     check_replacement_features,
+    new_item_features,
 )
 
 
@@ -88,6 +89,12 @@ class VBPR(Recommender):
         reg = self.reg_weight * l2_reg(user_e, pos_e, neg_e)
         return mf + reg, {"bpr": mf.detach(), "reg": reg.detach()}
 
+    def cold_item_embeddings(self, features):
+        """The content half only: the ID half of a new item is zero (it has no embedding yet)."""
+        features = new_item_features(self, features)
+        content = self.item_linear(torch.cat([features[m] for m in self.modalities], dim=-1))
+        return torch.cat([content.new_zeros(len(content), self.embedding_dim), content], dim=-1)
+
     def score_with_features(self, users, items, features):
         """Exact VBPR scores with the items' features swapped; differentiable in `features`."""
         features = check_replacement_features(self.name, features, self._own_features(), len(items))
@@ -114,3 +121,4 @@ class VBPR(Recommender):
         """Per modality m: the content half of the user vector · W_m f_m."""
         user_content = self.user_embedding[users, self.embedding_dim :]
         return {m: user_content @ e.T for m, e in self.item_modality_embeddings(items, features).items()}
+

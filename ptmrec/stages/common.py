@@ -35,6 +35,19 @@ def recommender_kwargs(rc: RecommenderConfig, cls: type) -> dict:
     return kwargs
 
 
+def build_configured_encoder(cfg: Config, modalities: list[str], adapter: Optional[str] = None):
+    """The config's encoder for these modalities, with adapter `adapter` (and the config's options for it)
+    inserted when given."""
+    from ptmrec.encoders import build_encoder
+    from ptmrec.encoders.adapters import adapter_options, apply_adapter
+
+    encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
+                            max_text_len=cfg.encoder.max_text_len, modalities=modalities)
+    if adapter is not None:
+        encoder = apply_adapter(encoder, adapter, **adapter_options(cfg.stage2.adapter, adapter))
+    return encoder
+
+
 def build_recommender_from_config(cfg: Config, inter: Interactions,
                                   features: Optional[Mapping[str, torch.Tensor]]) -> Recommender:
     cls = get_recommender_class(cfg.recommender.name)

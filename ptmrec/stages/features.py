@@ -74,14 +74,13 @@ def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress
     on the device until the end (one copy back, no per-batch wait).
     """
     from ptmrec.data.stream import items_from_manifest, make_loader
-    from ptmrec.encoders import build_encoder
+    from ptmrec.stages.common import build_configured_encoder
 
     device = device or select_device(cfg.ray.use_gpu)
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, cfg.data.uri)
     if encoder is None:
-        encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
-                                max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"]).to(device)
+        encoder = build_configured_encoder(cfg, manifest["modalities"]).to(device)
     encoder.eval()
     wants_images = "image" in manifest["modalities"]
     wants_text = "text" in manifest["modalities"]

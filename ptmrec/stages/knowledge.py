@@ -34,8 +34,9 @@ from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import select_device
 from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, cpu_state, evaluate_distributed,
-                                  load_torch, peak_memory, read_metrics, save_torch, write_metrics)
+from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, cpu_state,
+                                  evaluate_distributed, load_torch, peak_memory, read_metrics, save_torch,
+                                  write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
@@ -203,17 +204,12 @@ def knowledge_worker(config: dict) -> None:
 
 def load_student(cfg: Config, settings: dict, storage: Storage, inter, manifest: dict) -> Student:
     """The student of a run: stage 1's recommender (warm unless `joint`) and teacher, the adapted encoder."""
-    from ptmrec.encoders import build_encoder
-    from ptmrec.encoders.adapters import adapter_options, apply_adapter
-
     stage1 = load_torch(storage, join(cfg.run.uri, "stage1", "model.pt"))
     teacher = load_torch(storage, join(cfg.run.uri, "stage1", "teacher.pt"))
     recommender = build_recommender_from_config(cfg, inter, load_features(storage, stage1["features_uri"]))
     if settings["from_stage1"]:
         recommender.load_state_dict(stage1["state_dict"])
-    encoder = build_encoder(cfg.encoder.name, model=cfg.encoder.model, image_size=cfg.encoder.image_size,
-                            max_text_len=cfg.encoder.max_text_len, modalities=manifest["modalities"])
-    encoder = apply_adapter(encoder, settings["adapter"], **adapter_options(cfg.stage2.adapter, settings["adapter"]))
+    encoder = build_configured_encoder(cfg, manifest["modalities"], settings["adapter"])
     return make_student(cfg, settings, encoder, recommender, teacher["user"], teacher["item"])
 
 

@@ -52,6 +52,8 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
         assert rec["user"] == user and len(rec["items"]) == len(set(rec["items"])) == 20
         assert rec["scores"] == sorted(rec["scores"], reverse=True)
         assert not set(rec["items"]) & train_items_of(cfg, user)
+    # new items from a file (text + picture), scored through the frozen encoder and VBPR's content half
+    check_new_items(repo, cfg, smoke_data, run, tmp_path)
     # serving files: Parquet rows equal the representations evaluation scores with; the index agrees with exact
     proc = ptmrec(repo, "-q", "export", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
                   "--set", f"run.uri={run}", "--k", "10", timeout=600)
@@ -116,3 +118,21 @@ def check_export(cfg, folder) -> None:
     assert {"feature_image", "feature_text"} <= set(item_table.column_names)  # vbpr on both modalities
     index = load_index((folder / "items.faiss").read_bytes())
     assert index.ntotal == len(items) and summary["index"]["recall@10"] >= 0.9
+
+
+def check_new_items(repo, cfg, smoke_data, run, tmp_path) -> None:
+    from ptmrec.data.sources.synthetic import make_synthetic
+
+    data = make_synthetic(num_users=cfg.data.synthetic_users, num_items=cfg.data.synthetic_items,
+                          seed=cfg.data.split_seed)
+    lines = ["item,text,image"]
+    for i in (4, 9, 30):
+        data.item_image(i).save(tmp_path / f"new-{i}.png")
+        lines.append(f"new-{i},{data.item_texts[i]},new-{i}.png")
+    (tmp_path / "new.csv").write_text("\n".join(lines) + "\n")
+    proc = ptmrec(repo, "-q", "recommend", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
+                  "--set", f"run.uri={run}", "--user", "3", "--items-file", str(tmp_path / "new.csv"),
+                  "--k", "3", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert sorted(rec["items"]) == ["new-30", "new-4", "new-9"] and rec["scores"] == sorted(rec["scores"], reverse=True)

@@ -99,3 +99,27 @@ def test_a_student_adopting_the_adapted_catalogue_scores_as_its_evaluation_model
     assert not torch.allclose(before, after)  # against the frozen neighbours they disagreed
     with pytest.raises(ValueError, match="cannot adopt the item graph"):
         student.adopt_reference_features(build(tiny, modalities=("text",)))
+
+
+@pytest.mark.parametrize("model_name", ["vbpr", "freedom"])
+def test_a_catalogue_item_without_its_history_scores_as_a_cold_item(tiny, model_name):
+    # A new item given the features of catalogue item i: it lands where i's content puts it, without i's
+    # ID embedding and interactions (zeroed here to compare).
+    from ptmrec.recommenders import build_recommender
+
+    torch.manual_seed(0)
+    model = build_recommender(model_name, **tiny.kwargs(("image", "text")), embedding_dim=8,
+                              **({"knn_k": 4} if model_name == "freedom" else {}))
+    items = torch.tensor([2, 7])
+    cold = model.cold_item_embeddings({m: f[items] for m, f in tiny.features.items()})
+    users = model.user_embeddings(torch.tensor([0, 1]))
+    assert cold.shape == (2, users.shape[1])
+    with torch.no_grad():
+        if model_name == "vbpr":
+            model.item_embedding.zero_()
+            expected = model()[1][items]
+        else:
+            expected = model._item_graph_embeddings(1)[items]  # own neighbours by own features
+    torch.testing.assert_close(cold, expected)
+    with pytest.raises(ValueError, match="need features for every modality"):
+        model.cold_item_embeddings({"text": tiny.features["text"][items]})
