@@ -38,8 +38,9 @@ def records(path: Path):
 
 
 def read_run(run_dir: Path) -> dict:
-    """{"name", "group", "config": {...}, "history": [{key: value}], "summary": {key: value}}."""
-    out = {"history": [], "summary": {}, "config": {}}
+    """{"name", "group", "config": {...}, "history": [{key: value}], "summary": {key: value},
+    "artifacts": [{"name", "type", "files": [...]}]}."""
+    out = {"history": [], "summary": {}, "config": {}, "artifacts": []}
     for rec in records(next(Path(run_dir).glob("*.wandb"))):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
@@ -48,6 +49,9 @@ def read_run(run_dir: Path) -> dict:
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "summary":
             out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+        elif kind == "artifact":
+            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type,
+                                     "files": sorted(e.path for e in rec.artifact.manifest.contents)})
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
     return out

@@ -3,7 +3,8 @@
 Offline by default: no account needed, runs land in `tracking.dir` (./wandb) and can be uploaded later
 with `wandb sync`. Online when WANDB_API_KEY is set (or WANDB_MODE says so). One W&B run per stage job,
 grouped by the run name, with the resolved config, per-step loss terms, learning rates, throughput, every
-evaluation's metrics, the final table and, for stage 2, the report plot.
+evaluation's metrics, the final table, for stage 2 the report plot, and the stage's weights as an artifact
+(stage 1: model.pt and teacher.pt; stage 2: adapter.pt and recommender.pt).
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
-    def finish(self, final: dict, table: Optional[dict[str, dict]] = None, image_png: Optional[bytes] = None) -> None:
-        """Write the final metrics to the summary, the per-split table, and an image; close the run."""
+    def finish(self, final: dict, table: Optional[dict[str, dict]] = None, image_png: Optional[bytes] = None,
+               artifact: Optional[tuple[str, list[str]]] = None) -> None:
+        """Write the final metrics to the summary, the per-split table, an image, and an artifact `(type,
+        [file URIs])` named after the run; close the run."""
         if self.run is None:
             return
         import wandb
 
+        if artifact is not None:
+            self.run.log_artifact(_artifact(f"{self.run.name}-{artifact[0]}", *artifact))
         for key, value in final.items():
             self.run.summary[key] = value
         if table:
@@ -64,3 +69,20 @@ class Tracker:
             self.run.log({"report": wandb.Image(Image.open(io.BytesIO(image_png)))})
         self.run.finish()
         self.run = None
+
+
+def _artifact(name: str, kind: str, uris: list[str]):
+    """A W&B artifact of the stage's outputs: local files are copied in; objects on S3 are referenced (not
+    checksummed: W&B would have to reach the store with its own client)."""
+    import wandb
+
+    from ptmrec.storage import parse_uri
+
+    art = wandb.Artifact(name, type=kind)
+    for uri in uris:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            art.add_file(loc.path)
+        else:
+            art.add_reference(uri, checksum=False)
+    return art

@@ -196,8 +196,10 @@ def knowledge_worker(config: dict) -> None:
         # The report compares this stage with stage 1 (and any other modes already run).
         write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
         report_png = storage.read_bytes(join(cfg.run.uri, "report.png"))
+        weights = [join(cfg.run.uri, out, name) for name in ("adapter.pt", "recommender.pt")]
         tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
-                                                            for k, v in m.items()}}, table=state.best, image_png=report_png)
+                                                            for k, v in m.items()}}, table=state.best, image_png=report_png,
+                       artifact=("adapter", weights) if all(storage.exists(w) for w in weights) else None)
     del engine
     ray_train.finish_distributed()
 

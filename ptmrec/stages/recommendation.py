@@ -141,8 +141,10 @@ def recommendation_worker(config: dict) -> None:
     if rank == 0:
         _save_outputs(cfg, storage, model, best_weights, inter, state, config, trainable, total,
                       wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9))
+    out = join(cfg.run.uri, STAGE)
     tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
-                                                        for k, v in m.items()}}, table=state.best)
+                                                        for k, v in m.items()}}, table=state.best,
+                   artifact=("model", [join(out, "model.pt"), join(out, "teacher.pt")]))
     del engine
     ray_train.finish_distributed()
 

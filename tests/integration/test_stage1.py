@@ -39,6 +39,8 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
     assert [h["epoch"] for h in logged["history"]] == [1, 2, 3]
     assert all("valid/recall@20" in h and "loss/bpr" in h for h in logged["history"])
     assert logged["summary"]["best/test/recall@20"] == pytest.approx(metrics["test"]["recall@20"])
+    models = [a for a in logged["artifacts"] if a["type"] == "model"]  # (W&B keeps the table as one too)
+    assert models == [{"name": "smoke-stage1-model", "type": "model", "files": ["model.pt", "teacher.pt"]}]
     # recommendations out of the finished stage: k items per user, none of the user's training items
     proc = ptmrec(repo, "-q", "recommend", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
                   "--set", f"run.uri={run}", "--user", "3", "--user", "17", "--k", "20", "--json", timeout=600)
