@@ -43,8 +43,10 @@ class StorageConfig:
 
     endpoint_url: Optional[str] = None  # AWS_ENDPOINT_URL
     region: Optional[str] = None  # AWS_DEFAULT_REGION
-    access_key_id: Optional[str] = None  # AWS_ACCESS_KEY_ID
-    secret_access_key: Optional[str] = None  # AWS_SECRET_ACCESS_KEY
+    # Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the cluster's Secrets,
+    # never from a config file: configs are printed, logged and sent to W&B. Code may still pass them here.
+    access_key_id: Optional[str] = field(default=None, repr=False, metadata={"internal": True})
+    secret_access_key: Optional[str] = field(default=None, repr=False, metadata={"internal": True})
     max_attempts: int = 5  # retries of transient errors, with exponential backoff
     connect_timeout_s: float = 5.0
 
@@ -251,14 +253,30 @@ class Config:
     source_file: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (for logging and for W&B), without internal fields."""
+        """The config as plain data (for logging and for W&B), without internal fields: the file it came from
+        and any credentials code put in `storage`."""
         out = dataclasses.asdict(self)
         out.pop("source_file", None)
+        for name in SECRET_KEYS:
+            out["storage"].pop(name.split(".", 1)[1], None)
         return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading
+
+
+# config keys that would hold a secret -> where the secret belongs
+SECRET_KEYS = {"storage.access_key_id": "AWS_ACCESS_KEY_ID", "storage.secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+
+
+def refuse_secrets(raw: dict[str, Any], where: str) -> None:
+    for dotted, env in SECRET_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"{where}: {dotted}: credentials are not read from configs (configs are printed, "
+                              f"logged and sent to W&B); set {env} in the environment or mount the cluster's "
+                              "Secret (cluster/README.md)")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -276,6 +294,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item, where=str(path))
+    refuse_secrets(raw, where=str(path))
     raw["ray"] = merged_ray_section(raw, where=str(path))
     cfg = from_dict(Config, raw, where=str(path))
     check_resources(cfg, where=str(path))

@@ -62,12 +62,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
     storage = Storage(cfg.storage)
     # Jobs run in a copy of the working directory: pin the URIs and paths to what they mean here.
     pinned = [*overrides, *pinned_overrides(cfg)]
-    env_vars = dict(cfg.ray.env_vars)  # ray_config.yaml's, then what this shell sets
-    env_vars.update({k: v for k, v in os.environ.items()
-                     if k in ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "TORCH_EXTENSIONS_DIR")
-                     or k.startswith("AWS_")})
-    if "WANDB_API_KEY" in os.environ and "WANDB_MODE" not in os.environ:
-        env_vars["WANDB_MODE"] = "online"
+    env_vars = job_env(cfg.ray.env_vars, os.environ)
     with ExitStack() as stack:
         if parse_uri(cfg.run.uri).scheme == "s3" and _wants_local_s3(cfg):
             s3 = stack.enter_context(LocalS3Server())
@@ -76,7 +71,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             storage = Storage(dataclasses.replace(cfg.storage, endpoint_url=s3.endpoint_url))
             for uri in (cfg.run.uri, cfg.data.uri):
                 storage.ensure_bucket(uri)
-            env_vars.update(s3.env())
+            env_vars.update({k: v for k, v in s3.env().items() if k not in SECRET_ENV})  # the cluster inherits those
             log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
         pending = []
         for job in JOBS:
@@ -92,6 +87,10 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             log.info("started a local Ray cluster: job server %s (pid %d)", address, cluster.process.pid)
         else:
             python = "python"
+            if pending and any(k in os.environ for k in SECRET_ENV):
+                log.info("credentials in this shell (%s) are not sent to the cluster at %s: it reads its own "
+                         "(Kubernetes / Slurm Secrets, cluster/README.md)",
+                         ", ".join(k for k in SECRET_ENV if k in os.environ), address)
         for job in pending:
             submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes, verbose)
         # Read while a local S3 server we started still holds the objects (stage 2 wrote the report).
@@ -99,6 +98,24 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
                for stage in ("stage1", "stage2")}
         out["report"] = storage.read_text(join(cfg.run.uri, "report.md"))
         return out
+
+
+# Never put into a job's runtime environment: `ray job submit --runtime-env-json` shows it to anyone who can
+# run `ps` and Ray keeps it in the job's metadata. A cluster this pipeline starts inherits them from this
+# process's environment instead; any other cluster has its own (Kubernetes / Slurm Secrets).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
+PASSED_ENV = ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_PROJECT", "TORCH_EXTENSIONS_DIR")
+
+
+def job_env(configured: dict[str, str], environ) -> dict[str, str]:
+    """The jobs' runtime environment: ray_config.yaml's `env_vars`, then this shell's settings that the jobs
+    need (endpoints, offline switches), never a secret (`SECRET_ENV`)."""
+    env = {k: v for k, v in configured.items() if k not in SECRET_ENV}
+    env.update({k: v for k, v in environ.items()
+                if (k in PASSED_ENV or k.startswith("AWS_")) and k not in SECRET_ENV})
+    if "WANDB_API_KEY" in environ and "WANDB_MODE" not in environ:
+        env["WANDB_MODE"] = "online"
+    return env
 
 
 def _head_log(cfg: Config) -> Optional[str]:

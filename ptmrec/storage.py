@@ -230,8 +230,8 @@ class Storage:
                 return None
             raise self._explain(exc, uri) from None
         except NoCredentialsError:
-            raise StorageError(f"{uri}: no S3 credentials: set storage.access_key_id/secret_access_key "
-                               "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+            raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+                               "environment (or mount the cluster's Secret)") from None
         except BotoCoreError as exc:
             raise StorageError(f"{uri}: cannot reach the S3 endpoint {self.client().meta.endpoint_url}: {exc}") from None
 

@@ -25,8 +25,9 @@ def test_amazon_baby_to_file_and_to_s3(repo, shared_data, tmp_path, s3_server, s
         assert local[key] == value
 
     s3_uri = f"s3://{s3_storage.bucket}/data/baby"
-    cfg = config(repo, "amazon-baby.yaml", f"data.uri={s3_uri}", f"storage.endpoint_url={s3_server.endpoint_url}",
-                 "storage.access_key_id=k", "storage.secret_access_key=s")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")  # credentials come from the environment, never the config
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    cfg = config(repo, "amazon-baby.yaml", f"data.uri={s3_uri}", f"storage.endpoint_url={s3_server.endpoint_url}")
     remote = prepare(cfg, progress=False)
     assert remote == local  # same bytes, same hashes
     assert load_manifest(s3_storage, s3_uri) == local
