@@ -94,9 +94,31 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
             callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    from ray.train import TrainingFailedError
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:  # Ray 2.60 raises instead of returning result.error
+        raise RuntimeError(f"{stage} failed: {root_cause(exc)}") from None
     if result.error:
-        raise RuntimeError(f"{stage} failed: {result.error}")
+        raise RuntimeError(f"{stage} failed: {root_cause(result.error)}")
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line for a failed training: the first failing worker's own message (our errors name the file, key
+    or shard), not Ray's wrapper and traceback."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        rank = min(failures)
+        return f"rank {rank}: {_last_line(failures[rank])}"
+    cause = getattr(exc, "controller_failure", None)
+    return _last_line(cause if cause is not None else exc)
+
+
+def _last_line(exc: BaseException) -> str:
+    # Ray's task errors carry the remote traceback in their text; the user's exception is its last line.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 # -------------------------------------------------------------------------------- worker-side helpers

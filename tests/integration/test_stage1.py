@@ -138,3 +138,22 @@ def check_new_items(repo, cfg, smoke_data, run, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout)
     assert sorted(rec["items"]) == ["new-30", "new-4", "new-9"] and rec["scores"] == sorted(rec["scores"], reverse=True)
+
+
+def test_a_worker_error_reaches_the_user_as_one_line(repo, smoke_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data, data)
+    shard = data / "interactions" / "users-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-3000])  # cut short, as by an interrupted copy
+    env = {k: v for k, v in ENV.items() if k != "PTMREC_TRACEBACK"}  # as a user runs it
+    proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "-q", "stage1", "--config", "configs/smoke.yaml",
+                           "--set", f"data.uri={data}", "--set", f"run.uri={tmp_path / 'run'}",
+                           "--set", "tracking.mode=disabled"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ptmrec stage1: error: ")]
+    assert len(ours) == 1 and "stage1 failed: rank 0: " in ours[0] and "users-000000.tar: sha256" in ours[0]
+    assert "run_trainer" not in proc.stderr  # no traceback through our own code
+    assert not (tmp_path / "run" / "stage1" / "metrics.json").exists()

@@ -18,3 +18,4 @@ def test_gpu_run_without_a_gpu_fails_with_one_clear_line(monkeypatch):
     with pytest.raises(RuntimeError, match=r"ray.use_gpu is true but this worker sees no CUDA device "
                                            r"\(CUDA_VISIBLE_DEVICES=\)"):
         select_device(True)
+
