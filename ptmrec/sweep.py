@@ -223,7 +223,8 @@ def sweep_csv(summary: dict) -> str:
 
 
 def sweep_plot(summary: dict, title: str) -> bytes:
-    """Valid against test metric per finished trial, the pick circled (PNG bytes)."""
+    """Valid against test metric per finished trial, the pick circled; with one numeric swept key, also both
+    metrics against its values (log scale when they span decades). PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,18 +232,34 @@ def sweep_plot(summary: dict, title: str) -> bytes:
 
     key = summary["metric"].split("/", 1)[1]
     done = [t for t in summary["trials"] if t["valid"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    swept = sorted({k for t in done for k in t["params"]})
+    numeric = len(swept) == 1 and all(isinstance(t["params"][swept[0]], (int, float)) for t in done)
+    fig, axes = plt.subplots(1, 2 if numeric else 1, figsize=(12 if numeric else 6.4, 4.6), squeeze=False)
+    best, pick = summary["best"], f"selected by {summary['select']}"
+    pick += " (test-set leakage)" if summary["select"] == "test" else ""
+    if numeric:
+        ax = axes[0][0]
+        by_value = sorted(done, key=lambda t: t["params"][swept[0]])
+        values = [t["params"][swept[0]] for t in by_value]
+        for split, style in (("valid", "o-"), ("test", "s--")):
+            ax.plot(values, [t[split][key] for t in by_value], style, label=f"{split} {key}")
+        ax.plot([best["params"][swept[0]]], [best[summary["select"]][key]], "o", ms=16, mfc="none", mec="#d62728",
+                label=pick)
+        if min(values) > 0 and max(values) / min(values) >= 100:
+            ax.set_xscale("log")
+        ax.set_xlabel(swept[0])
+        ax.set_ylabel(key)
+        ax.legend(fontsize=8)
+    ax = axes[0][-1]
     ax.scatter([t["valid"][key] for t in done], [t["test"][key] for t in done], color="#3b75af")
-    for t in done:
+    for t in done if not numeric else ():
         ax.annotate(_short(t["params"]), (t["valid"][key], t["test"][key]), fontsize=7, alpha=0.8,
                     textcoords="offset points", xytext=(3, 3))
-    best = summary["best"]
-    ax.scatter([best["valid"][key]], [best["test"][key]], s=160, facecolors="none", edgecolors="#d62728",
-               label=f"selected by {summary['select']}" + (" (test-set leakage)" if summary["select"] == "test" else ""))
+    ax.scatter([best["valid"][key]], [best["test"][key]], s=160, facecolors="none", edgecolors="#d62728", label=pick)
     ax.set_xlabel(f"valid {key}")
     ax.set_ylabel(f"test {key}")
-    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
