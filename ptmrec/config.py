@@ -194,6 +194,9 @@ class RaySection:
     # 0 does it in the training process itself
     loader_workers: int = 0
     max_failures: int = 0  # worker restarts from the latest checkpoint before the job fails
+    # false: a stage asking for more CPUs/GPUs than the cluster has fails at once, naming both; true (an
+    # autoscaling cluster that adds nodes on demand): it waits for them
+    wait_for_resources: bool = False
     checkpoints_to_keep: int = 2
     storage_folder: str = "ray"  # Ray Train / Tune storage: <run uri>/<storage_folder>
     working_dir_excludes: list[str] = field(default_factory=lambda: [".venv", ".git", "runs", "data", "wandb"])

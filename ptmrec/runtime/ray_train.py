@@ -80,6 +80,7 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
+    check_placement(cfg, stage, num_workers, resources)
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=worker_config,
@@ -102,6 +103,25 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
         raise RuntimeError(f"{stage} failed: {root_cause(exc)}") from None
     if result.error:
         raise RuntimeError(f"{stage} failed: {root_cause(result.error)}")
+
+
+def check_placement(cfg: Config, stage: str, num_workers: int, per_worker: dict[str, float]) -> None:
+    """Fail at once, in one line, when the workers can never be placed on this cluster (Ray Train would retry
+    its worker group's start-up forever); an autoscaling cluster (`ray.wait_for_resources`) is only warned about."""
+    import ray
+
+    total = ray.cluster_resources()
+    short = {k: (num_workers * v, total.get(k, 0.0)) for k, v in per_worker.items() if num_workers * v > total.get(k, 0.0)}
+    if not short:
+        return
+    asked = " + ".join(f"{v:g} {k}" for k, v in per_worker.items())
+    has = ", ".join(f"{have:g} {k}" for k, (_, have) in short.items())
+    message = (f"{stage} asks for {num_workers} workers × ({asked}) and the Ray cluster has {has} in all; lower the "
+               f"stage's num_workers or ray.cpus_per_worker, or add nodes")
+    if cfg.ray.wait_for_resources:
+        log.warning("%s; waiting for the cluster to grow (ray.wait_for_resources)", message)
+        return
+    raise RuntimeError(message)
 
 
 def root_cause(exc: BaseException) -> str:
