@@ -43,8 +43,26 @@ class Job:
 JOBS = [
     Job("prepare", "jobs/prepare_data.py", "manifest.json", under_data=True),
     Job("stage1", "jobs/recommendation_stage.py", "stage1/metrics.json"),
-    Job("stage2", "jobs/knowledge_stage.py", "stage2/metrics.json"),
+    Job("stage2", "jobs/knowledge_stage.py", ""),  # <stage2.mode's folder>/metrics.json (stage2/, stage2-<mode>/)
 ]
+
+
+def finished(storage: Storage, cfg: Config, job: Job) -> tuple[str, Optional[bool]]:
+    """(marker URI, state): True when the job's output exists for these settings, False when it exists for
+    other settings (its metrics.json carries their fingerprint), None when it does not exist."""
+    from ptmrec.stages.common import settings_fingerprint
+    from ptmrec.stages.knowledge import stage_dir
+
+    if job.name == "stage2":
+        marker = join(cfg.run.uri, stage_dir(cfg.stage2.mode, cfg.stage2.output), "metrics.json")
+    else:
+        marker = join(cfg.data.uri if job.under_data else cfg.run.uri, job.done_marker)
+    if not storage.exists(marker):
+        return marker, None
+    if job.under_data:
+        return marker, True
+    written = json.loads(storage.read_text(marker)).get("settings")
+    return marker, written == settings_fingerprint(cfg, job.name)
 
 
 class JobFailed(RuntimeError):
@@ -75,11 +93,13 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
         pending = []
         for job in JOBS:
-            marker = join(cfg.data.uri if job.under_data else cfg.run.uri, job.done_marker)
-            if not force and storage.exists(marker):
+            marker, done = finished(storage, cfg, job)
+            if done and not force:
                 print(f"== {job.name}: already done ({marker}); skipping (use --force to redo)", flush=True)
-            else:
-                pending.append(job)
+                continue
+            if done is False and not force:
+                print(f"== {job.name}: {marker} holds a run with other settings; running it again", flush=True)
+            pending.append(job)
         if pending and address is None:  # nothing to submit: no cluster to start either
             cluster = stack.enter_context(LocalRayCluster(log_file=_head_log(cfg)))
             address = cluster.address
@@ -94,8 +114,7 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
         for job in pending:
             submit(job, address, python, config_path, pinned, env_vars, cfg.ray.working_dir_excludes, verbose)
         # Read while a local S3 server we started still holds the objects (stage 2 wrote the report).
-        out = {stage: json.loads(storage.read_text(join(cfg.run.uri, stage, "metrics.json")))
-               for stage in ("stage1", "stage2")}
+        out = {job.name: json.loads(storage.read_text(finished(storage, cfg, job)[0])) for job in JOBS[1:]}
         out["report"] = storage.read_text(join(cfg.run.uri, "report.md"))
         return out
 

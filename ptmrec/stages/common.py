@@ -116,6 +116,25 @@ def load_torch(storage: Storage, uri: str):
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
+# What decides each stage's result, by config section (the workers, ZeRO stage and logging do not).
+_STAGE_SECTIONS = {"stage1": ("data", "encoder", "recommender", "stage1", "eval"),
+                   "stage2": ("data", "encoder", "recommender", "stage1", "eval", "stage2")}
+_NOT_RESULTS = {"stage1": ("num_workers", "zero_stage"), "stage2": ("num_workers", "zero_stage", "log_every")}
+
+
+def settings_fingerprint(cfg: Config, stage: str) -> str:
+    """A hash of the settings that decide `stage`'s result ("stage1", "stage2"): written into its
+    metrics.json, so that `ptmrec pipeline` can tell a finished stage from one finished with other settings."""
+    import hashlib
+
+    config = cfg.to_dict()
+    picked = {"seed": config["run"]["seed"], **{name: config[name] for name in _STAGE_SECTIONS[stage]}}
+    for section in ("stage1", "stage2"):
+        if section in picked:
+            picked[section] = {k: v for k, v in picked[section].items() if k not in _NOT_RESULTS[section]}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def write_metrics(storage: Storage, stage_uri: str, metrics: dict) -> None:
     storage.write_text(join(stage_uri, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
 

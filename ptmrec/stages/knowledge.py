@@ -36,7 +36,7 @@ from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_e
 from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, cpu_state,
                                   evaluate_distributed, load_torch, peak_memory, read_metrics, save_torch,
-                                  write_metrics)
+                                  settings_fingerprint, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
@@ -83,6 +83,9 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     stage1_uri = join(cfg.run.uri, "stage1")
     if not storage.exists(join(stage1_uri, "metrics.json")):
         raise ValueError(f"{stage1_uri}: no finished stage 1 (metrics.json missing); run `ptmrec stage1` first")
+    if read_metrics(storage, stage1_uri).get("settings") not in (None, settings_fingerprint(cfg, "stage1")):
+        raise ValueError(f"{stage1_uri}: stage 1 finished with other settings than this config's (data, encoder, "
+                         "recommender, stage1, eval or seed differ); run `ptmrec stage1` with this config first")
     if cfg.stage2.zero_stage == 3:
         raise ValueError("stage2.zero_stage: 3 is not supported yet (evaluation reads the adapted towers "
                          "outside the engine); use 0, 1 or 2")
@@ -384,7 +387,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
                       {"encoder": cfg.encoder.name, "adapter": settings["adapter"], "epoch": state.best_epoch})
     peak_mb, memory_kind = peak_memory()
     write_metrics(storage, out, {
-        "stage": "stage2", "mode": cfg.stage2.mode, "model": cfg.recommender.name, "adapter": settings["adapter"],
+        "stage": "stage2", "settings": settings_fingerprint(cfg, "stage2"), "mode": cfg.stage2.mode, "model": cfg.recommender.name, "adapter": settings["adapter"],
         "dataset": manifest["dataset"], "valid": state.best.get("valid", {}), "test": state.best.get("test", {}),
         "best_epoch": state.best_epoch, "start_is_best": state.best_epoch == 0, **params,
         "encoder_trainable_share": params["encoder_trainable_params"] / max(params["encoder_total_params"], 1),

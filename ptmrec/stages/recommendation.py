@@ -27,8 +27,8 @@ from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import pin, select_device
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples,
-                                  evaluate_distributed, peak_memory, read_metrics, save_torch, write_metrics)
+from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples, evaluate_distributed,
+                                  peak_memory, read_metrics, save_torch, settings_fingerprint, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.storage import Storage, join
@@ -194,7 +194,7 @@ def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[d
     manifest = load_manifest(storage, cfg.data.uri)
     peak_mb, memory_kind = peak_memory()
     write_metrics(storage, stage_uri, {
-        "stage": STAGE, "model": cfg.recommender.name, "adapter": "none", "dataset": manifest["dataset"],
+        "stage": STAGE, "settings": settings_fingerprint(cfg, STAGE), "model": cfg.recommender.name, "adapter": "none", "dataset": manifest["dataset"],
         "valid": state.best.get("valid", {}), "test": state.best.get("test", {}), "best_epoch": state.best_epoch,
         "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
         "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
