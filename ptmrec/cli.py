@@ -341,8 +341,10 @@ def cmd_pipeline(args) -> int:
 
     cfg = checked_config(args, stage2=True)
     # A terminated pipeline must still stop the Ray cluster and S3 server it started (they run in their
-    # own sessions): turn SIGTERM into an exit that unwinds the context managers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # own sessions): turn SIGTERM and SIGHUP into an exit that unwinds the context managers. (A SIGKILL
+    # cannot be caught: the kernel stops them then, see `die_with_parent`.)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal too
+        signal.signal(sig, lambda number, _frame: sys.exit(128 + number))
     start = time.perf_counter()
     try:
         metrics = run_pipeline(cfg, args.config, args.overrides, address=args.address, force=args.force,
@@ -377,6 +379,10 @@ def cmd_s3_server(args) -> int:
     from ptmrec.runtime.local_s3 import LocalS3Server
     from ptmrec.storage import Storage
 
+    def stop(_number, _frame):  # SIGTERM (e.g. `kill`) stops the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with LocalS3Server(port=args.port) as server:
         storage = Storage(StorageConfig(endpoint_url=server.endpoint_url))
         os.environ.update(server.env())

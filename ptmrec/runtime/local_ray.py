@@ -14,7 +14,7 @@ import time
 import urllib.request
 from typing import Optional
 
-from ptmrec.runtime.local_s3 import free_port, stop_process
+from ptmrec.runtime.local_s3 import die_with_parent, free_port, stop_process
 
 
 def ray_command() -> list[str]:
@@ -56,7 +56,7 @@ class LocalRayCluster:
                                 "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")
                for arg in (flag, str(free_port()))),
              "--temp-dir", tempfile.mkdtemp(prefix="ptmrec-ray-")],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
