@@ -286,17 +286,40 @@ class _atomic_local:
         self.target = target
 
     def __enter__(self) -> str:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}{_TEMP_MARK}", dir=self.target.parent)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}{_TEMP_MARK}", dir=self.target.parent)
+        except OSError as exc:
+            raise _write_error(self.target, exc) from None
         os.close(fd)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            try:
+                _fsync(self.tmp)  # the bytes reach the disk before the name points at them
+            except OSError as err:
+                Path(self.tmp).unlink(missing_ok=True)
+                raise _write_error(self.target, err) from None
             # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask), so a
             # group sharing a cluster file system can read the run.
             os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
         else:
             Path(self.tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise _write_error(self.target, exc) from None  # e.g. the disk is full: one line, not a traceback
         return False
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_error(target: Path, exc: OSError) -> "StorageError":
+    return StorageError(f"{target}: cannot write: {exc.strerror or exc} (nothing was replaced; free space or fix "
+                        "permissions and run again)")

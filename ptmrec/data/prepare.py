@@ -17,6 +17,12 @@ def prepare(cfg: Config, progress: bool = True) -> dict:
     """Raw data → `<data.uri>/` shards + manifest.json; returns the manifest."""
     start = time.perf_counter()
     dataset = load_source(cfg.data)
+    counts = dataset.split_counts()
+    if not counts["train"] or not (counts["valid"] + counts["test"]):
+        where = cfg.data.path or cfg.data.table.interactions or cfg.data.source
+        raise ValueError(f"{where}: {dataset.name} has {counts['train']} training and "
+                         f"{counts['valid'] + counts['test']} held-out interactions; a recommender needs both "
+                         "(users with two or more interactions)")
     log.info("read %s: %d users, %d items, %d interactions, modalities %s (%.1f s)", dataset.name,
              dataset.num_users, dataset.num_items, len(dataset.users), dataset.modalities or "none",
              time.perf_counter() - start)

@@ -75,3 +75,24 @@ def test_local_files_get_the_mode_a_plain_open_gives(tmp_path):
         os.umask(previous)
     for name in ("metrics.json", "model.pt"):  # readable by the group and others, as on a shared file system
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+def test_a_failed_local_write_is_one_line_and_replaces_nothing(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    target = tmp_path / "metrics.json"
+    Storage().write_text(str(target), "old")
+
+    def disk_full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(StorageError, match=r"metrics.json: cannot write: No space left on device \(nothing was replaced"):
+        Storage().write_text(str(target), "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(StorageError, match="cannot write"):
+        Storage().write_text(str(blocked / "sub" / "metrics.json"), "new")  # a file where a folder must be

@@ -78,3 +78,15 @@ def test_an_empty_id_and_a_bad_date_name_their_row(tmp_path):
     write_shop(shop, rows=[("a", "x", "2024-01-01"), ("a", "y", "yesterday")])
     with pytest.raises(SourceError, match=r"column 'ordered_at': expected numbers or ISO dates"):
         load_table(config(shop, split="chronological"))
+
+
+def test_a_data_set_nothing_can_be_learned_from_is_refused_before_any_shard(tmp_path):
+    from ptmrec.config import Config, DataConfig, RunConfig
+    from ptmrec.data.prepare import prepare
+
+    shop = write_shop(tmp_path / "shop", rows=[("a", "x", "2024-01-01"), ("b", "y", "2024-01-02")])  # one each
+    cfg = Config(run=RunConfig(name="t", uri=str(tmp_path / "run")),
+                 data=DataConfig(source="table", uri=str(tmp_path / "data"), table=config(shop)))
+    with pytest.raises(ValueError, match=r"orders.csv: orders has 2 training and 0 held-out interactions"):
+        prepare(cfg, progress=False)
+    assert not (tmp_path / "data").exists()
