@@ -70,6 +70,11 @@ def _check_names(cfg: Config, where: str) -> None:
                           f"{', '.join(available_recommenders())}")
     if cfg.encoder.name.lower() not in available_encoders():
         raise ConfigError(f"{where}: encoder.name: unknown {cfg.encoder.name!r}; valid: {', '.join(available_encoders())}")
+    chosen = cfg.recommender.modalities
+    if chosen is not None and (not chosen or not set(chosen) <= {"image", "text"}
+                               or not get_recommender_class(cfg.recommender.name).uses_features):
+        raise ConfigError(f"{where}: recommender.modalities: {chosen!r}: a non-empty list of image and text, for a "
+                          "content model (vbpr, freedom)")
     try:
         recommender_kwargs(cfg.recommender, get_recommender_class(cfg.recommender.name))
         adapter_options(cfg.stage2.adapter)

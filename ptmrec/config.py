@@ -105,6 +105,9 @@ class RecommenderConfig:
     the chosen model does not take is an error (see `ptmrec.recommenders.hyperparameters`)."""
 
     name: str = "vbpr"  # see `ptmrec.recommenders.available_recommenders()`
+    # content models: the item features they use, e.g. [image] for an image-only ablation; null = every
+    # modality the data has
+    modalities: Optional[list[str]] = None
     embedding_dim: int = 64
     reg_weight: Optional[float] = None
     n_layers: Optional[int] = None  # lightgcn

@@ -26,7 +26,7 @@ def recommender_kwargs(rc: RecommenderConfig, cls: type) -> dict:
     kwargs = {}
     for f in dataclasses.fields(rc):
         value = getattr(rc, f.name)
-        if f.name == "name" or value is None:
+        if f.name in ("name", "modalities") or value is None:  # not constructor arguments
             continue
         if f.name not in accepted:
             raise ValueError(f"recommender.{f.name} does not apply to {rc.name}; it takes "
@@ -51,6 +51,12 @@ def build_configured_encoder(cfg: Config, modalities: list[str], adapter: Option
 def build_recommender_from_config(cfg: Config, inter: Interactions,
                                   features: Optional[Mapping[str, torch.Tensor]]) -> Recommender:
     cls = get_recommender_class(cfg.recommender.name)
+    chosen = cfg.recommender.modalities
+    if cls.uses_features and chosen is not None:
+        missing = sorted(set(chosen) - set(features or {}))
+        if missing:
+            raise ValueError(f"recommender.modalities: {missing} not among the item features ({sorted(features or {})})")
+        features = {m: f for m, f in (features or {}).items() if m in chosen}
     return cls(inter.num_users, inter.num_items, train_interactions=(inter.train_users, inter.train_items),
                features=dict(features or {}) if cls.uses_features else None,
                **recommender_kwargs(cfg.recommender, cls))

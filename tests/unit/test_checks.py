@@ -20,6 +20,8 @@ BAD = {
     "recommender.reg_weight=0.1": None,  # fine for vbpr
     "recommender.knn_k=5": "recommender.knn_k does not apply to vbpr",
     "stage2.items_per_step=1": "stage2.items_per_step: expected an integer of 2 or more",
+    "recommender.modalities=[audio]": "recommender.modalities: ['audio']: a non-empty list of image and text",
+    "recommender.modalities=[image]": None,
 }
 
 

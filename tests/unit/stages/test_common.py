@@ -64,3 +64,20 @@ def test_epoch_progress_says_k_of_n_and_the_latest_stop():
     assert state.progress(1000, 20, 3.0) == "12/1000, stops by 29 (≤ 51 s)"
     assert state.progress(1000, 20, 60.0, epochs_per_eval=2) == "12/1000, stops by 46 (≤ 34 min)"
     assert TrainState(epoch=5, bad_evals=0).progress(5, 3, 1.0) == "5/5"
+
+
+def test_recommender_modalities_choose_the_features_a_content_model_uses(repo):
+    import torch
+
+    from ptmrec.config import load_config
+    from ptmrec.stages.common import build_recommender_from_config
+
+    inter = toy_interactions()
+    features = {"image": torch.randn(25, 6), "text": torch.randn(25, 4)}
+    cfg = load_config(repo / "configs/smoke.yaml", ["recommender.modalities=[image]"])
+    assert build_recommender_from_config(cfg, inter, features).modalities == ("image",)
+    cfg.recommender.modalities = None
+    assert build_recommender_from_config(cfg, inter, features).modalities == ("image", "text")
+    cfg.recommender.modalities = ["text"]
+    with pytest.raises(ValueError, match=r"recommender.modalities: \['text'\] not among the item features \(\['image'\]\)"):
+        build_recommender_from_config(cfg, inter, {"image": features["image"]})
