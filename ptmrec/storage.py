@@ -305,6 +305,7 @@ class _atomic_local:
             # group sharing a cluster file system can read the run.
             os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
+            _fsync(str(self.target.parent))  # and the rename itself survives a crash
         else:
             Path(self.tmp).unlink(missing_ok=True)
             if isinstance(exc, OSError) and not isinstance(exc, StorageError):

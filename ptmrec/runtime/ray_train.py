@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ptmrec.config import Config
+from ptmrec.config import Config, ConfigError
 from ptmrec.storage import join, parse_uri
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def check_placement(cfg: Config, stage: str, num_workers: int, per_worker: dict[
     if cfg.ray.wait_for_resources:
         log.warning("%s; waiting for the cluster to grow (ray.wait_for_resources)", message)
         return
-    raise RuntimeError(message)
+    raise ConfigError(message)  # a setting to change, not a run that failed: exit status 2
 
 
 def root_cause(exc: BaseException) -> str:

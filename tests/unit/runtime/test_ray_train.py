@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from ptmrec.config import load_config
+from ptmrec.config import ConfigError, load_config
 from ptmrec.runtime.ray_train import check_placement, root_cause
 
 
@@ -24,9 +24,9 @@ def test_workers_that_can_never_be_placed_fail_at_once(monkeypatch, repo, caplog
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e10})
     cfg = load_config(repo / "configs/smoke.yaml")
     check_placement(cfg, "stage2", 2, {"CPU": 1.0})  # fits
-    with pytest.raises(RuntimeError, match=r"stage2 asks for 2 workers × \(2 CPU\) and the Ray cluster has 2 CPU in all"):
+    with pytest.raises(ConfigError, match=r"stage2 asks for 2 workers × \(2 CPU\) and the Ray cluster has 2 CPU in all"):
         check_placement(cfg, "stage2", 2, {"CPU": 2.0})
-    with pytest.raises(RuntimeError, match=r"\(1 CPU \+ 1 GPU\) and the Ray cluster has 0 GPU in all"):
+    with pytest.raises(ConfigError, match=r"\(1 CPU \+ 1 GPU\) and the Ray cluster has 0 GPU in all"):
         check_placement(cfg, "stage1", 1, {"CPU": 1.0, "GPU": 1})
     cfg.ray.wait_for_resources = True  # an autoscaling cluster: wait, with a warning
     check_placement(cfg, "stage2", 2, {"CPU": 2.0})
