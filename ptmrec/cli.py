@@ -379,10 +379,8 @@ def cmd_s3_server(args) -> int:
     from ptmrec.runtime.local_s3 import LocalS3Server
     from ptmrec.storage import Storage
 
-    def stop(_number, _frame):  # SIGTERM (e.g. `kill`) stops the server as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM (e.g. `kill`) stops the server as Ctrl-C does: the exit unwinds the `with`, which stops moto
+    signal.signal(signal.SIGTERM, lambda _number, _frame: sys.exit(0))
     with LocalS3Server(port=args.port) as server:
         storage = Storage(StorageConfig(endpoint_url=server.endpoint_url))
         os.environ.update(server.env())

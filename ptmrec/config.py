@@ -202,7 +202,7 @@ class RaySection:
     wait_for_resources: bool = False
     checkpoints_to_keep: int = 2
     storage_folder: str = "ray"  # Ray Train / Tune storage: <run uri>/<storage_folder>
-    working_dir_excludes: list[str] = field(default_factory=lambda: [".venv", ".git", "runs", "data", "wandb"])
+    working_dir_excludes: list[str] = field(default_factory=lambda: ["/.venv", "/.git", "/runs", "/data", "/wandb"])
     env_vars: dict[str, str] = field(default_factory=dict)  # runtime env of submitted jobs
 
 

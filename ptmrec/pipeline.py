@@ -183,19 +183,28 @@ def submit(job: Job, address: str, python: str, config_path: str, overrides: lis
     entrypoint = " ".join([python, job.script, "--config", shlex.quote(config_path),
                            *(f"--set {shlex.quote(o)}" for o in overrides)])
     runtime_env = {"working_dir": str(REPO), "excludes": excludes, "env_vars": env_vars}
+    submission_id = f"ptmrec-{job.name}-{int(time.time())}"
     cmd = [*ray_command(), "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env),
-           "--submission-id", f"ptmrec-{job.name}-{int(time.time())}", "--", *shlex.split(entrypoint)]
+           "--submission-id", submission_id, "--", *shlex.split(entrypoint)]
     print(f"== {job.name}: ray job submit --address {address} --working-dir . -- {entrypoint}", flush=True)
     start = time.perf_counter()
     hidden = 0
-    with subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for line in proc.stdout:
-            keep = line.rstrip("\n") if verbose else shown(line)
-            if keep is None:
-                hidden += 1
-            else:
-                print(keep, flush=True)
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        try:
+            for line in proc.stdout:
+                keep = line.rstrip("\n") if verbose else shown(line)
+                if keep is None:
+                    hidden += 1
+                else:
+                    print(keep, flush=True)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, SIGTERM or SIGHUP: stop the job on the cluster too, not only our view of it.
+            print(f"== {job.name}: stopping the job on the cluster", flush=True)
+            subprocess.run([*ray_command(), "job", "stop", "--address", address, submission_id], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+            raise
     note = f" ({hidden} lines of Ray / W&B chatter hidden; `ptmrec -v pipeline …` shows them)" if hidden else ""
     if proc.returncode != 0:
         print(f"== {job.name}: failed with exit status {proc.returncode}{note}", flush=True)

@@ -7,6 +7,7 @@ GCS, raylet and dashboard it spawned, and nothing else on the machine (unlike `r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ class LocalRayCluster:
         self.dashboard_port = free_port()
         self.log_file = log_file
         self.process: Optional[subprocess.Popen] = None
+        self.temp_dir: Optional[str] = None
 
     @property
     def address(self) -> str:
@@ -42,6 +44,7 @@ class LocalRayCluster:
         return {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
 
     def start(self, timeout_s: float = 120.0) -> "LocalRayCluster":
+        self.temp_dir = tempfile.mkdtemp(prefix="ptmrec-ray-")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
@@ -55,7 +58,7 @@ class LocalRayCluster:
              *(arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                 "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")
                for arg in (flag, str(free_port()))),
-             "--temp-dir", tempfile.mkdtemp(prefix="ptmrec-ray-")],
+             "--temp-dir", self.temp_dir],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -91,7 +94,10 @@ class LocalRayCluster:
         return False
 
     def stop(self) -> None:
+        """Stop the cluster and remove its session folder (logs, sockets, job working directories)."""
         stop_process(self.process, timeout_s=30, group=True)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()

@@ -58,3 +58,37 @@ def test_pipeline_stops_at_the_first_failed_job(repo, tmp_path):
     assert "job stage1 failed with exit status" in out and "batch_size 255 does not split evenly" in out
     assert "== stage2" not in out  # never submitted
     assert not (tmp_path / "run" / "stage1" / "metrics.json").exists()
+
+
+def test_a_terminated_pipeline_stops_its_job_on_the_cluster(repo, tmp_path, monkeypatch):
+    import signal
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ptmrec.runtime.local_ray import LocalRayCluster
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+    # somebody else's cluster (the pipeline must stop its job, not the cluster), whose `python` has the stack
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    with LocalRayCluster() as cluster:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml", "--address",
+             cluster.address, "--set", f"run.uri={tmp_path}/run", "--set", f"data.uri={tmp_path}/data",
+             "--set", "stage1.epochs=200", "--set", "stage1.patience=200"],
+            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if line.startswith("== stage1: ray job submit"):
+                break
+        time.sleep(20)  # well into stage 1
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 128 + signal.SIGTERM and "== stage1: stopping the job on the cluster" in out, out[-3000:]
+        client = JobSubmissionClient(cluster.address)
+        stage1 = [j for j in client.list_jobs() if (j.submission_id or "").startswith("ptmrec-stage1-")]
+        assert len(stage1) == 1
+        for _ in range(60):
+            if client.get_job_status(stage1[0].submission_id) == JobStatus.STOPPED:
+                break
+            time.sleep(1)
+        assert client.get_job_status(stage1[0].submission_id) == JobStatus.STOPPED

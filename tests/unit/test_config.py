@@ -105,7 +105,7 @@ def test_repo_ray_config_is_valid(repo, monkeypatch):
     for profile in ("cpu", "gpu"):
         cfg = load_config(repo / "configs" / "smoke.yaml", [f"ray.profile={profile}"])
         assert cfg.ray.use_gpu == (profile == "gpu")
-        assert ".venv" in cfg.ray.working_dir_excludes
+        assert "/.venv" in cfg.ray.working_dir_excludes and "/data" in cfg.ray.working_dir_excludes
 
 
 def test_sweep_space_is_a_typed_mapping(tmp_path):
