@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from typing import Any, Callable
 
 from ptmrec.config import Config, ConfigError
@@ -121,20 +122,11 @@ def _is_config_key(dotted: str) -> bool:
     for part in dotted.split("."):
         if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
             return False
-        fields = {f.name: f for f in dataclasses.fields(node) if not f.metadata.get("internal")}
-        if part not in fields:
+        names = {f.name for f in dataclasses.fields(node) if not f.metadata.get("internal")}
+        if part not in names:
             return False
-        node = fields[part].type
-        node = _dataclass_of(node)
+        node = typing.get_type_hints(node)[part]  # the annotations are strings (postponed)
     return True
-
-
-def _dataclass_of(tp: Any) -> Any:
-    import ptmrec.config as config_module
-
-    if isinstance(tp, str):  # postponed annotations
-        return getattr(config_module, tp, tp)
-    return tp
 
 
 def _get(cfg: Config, dotted: str) -> Any:

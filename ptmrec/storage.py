@@ -17,9 +17,9 @@ Jobs hand over artifacts only through URIs, so every reader and writer in PTMRec
 from __future__ import annotations
 
 import os
+import secrets
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,12 +269,6 @@ def _error_code(exc) -> str:
 _TEMP_MARK = ".tmp-"
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def _is_temp_name(name: str) -> bool:
     return _TEMP_MARK in name
 
@@ -288,11 +282,21 @@ class _atomic_local:
     def __enter__(self) -> str:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}{_TEMP_MARK}", dir=self.target.parent)
+            self.tmp = self._create_temp()
         except OSError as exc:
             raise _write_error(self.target, exc) from None
-        os.close(fd)
         return self.tmp
+
+    def _create_temp(self) -> str:
+        # Not mkstemp: its 0600 would hide the run from a group sharing a cluster file system; mode 0666 here
+        # gets the umask applied by the kernel, as a plain open() does.
+        while True:
+            path = self.target.parent / f".{self.target.name}{_TEMP_MARK}{secrets.token_hex(6)}"
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return str(path)
+            except FileExistsError:
+                continue
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
@@ -301,9 +305,6 @@ class _atomic_local:
             except OSError as err:
                 Path(self.tmp).unlink(missing_ok=True)
                 raise _write_error(self.target, err) from None
-            # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask), so a
-            # group sharing a cluster file system can read the run.
-            os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
             _fsync(str(self.target.parent))  # and the rename itself survives a crash
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -95,10 +96,8 @@ def initialize_engine(model, param_groups: list, ds_config: dict, device=None,
     if device is not None:
         model.to(device)
     groups = [g for g in param_groups if g["params"]]
-    scheduler = None
-    if lr_multiplier is not None:
-        def scheduler(optimizer):
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
+    # DeepSpeed calls this with the optimizer it builds
+    scheduler = None if lr_multiplier is None else partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_multiplier)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
                                            lr_scheduler=scheduler)
     return engine

@@ -137,8 +137,7 @@ def knowledge_worker(config: dict) -> None:
     manifest = load_manifest(storage, cfg.data.uri)
     inter = read_interactions(storage, cfg.data.uri)
     student = load_student(cfg, settings, storage, inter, manifest)
-    encoder, recommender = student.encoder, student.recommender
-    encoder_trainable, encoder_total = count_parameters(encoder)
+    encoder_trainable, encoder_total = count_parameters(student.encoder)
     trainable, total = count_parameters(student)
     engine = stage2_engine(student, cfg, settings, config["ds_config"], device, config["steps"])
 

@@ -26,36 +26,53 @@ class Recommendation:
     scores: list[float]
 
 
+@dataclass
+class _Served:
+    """What every serving call reads from the prepared data: storage, manifest, ids and interactions."""
+
+    storage: Storage
+    manifest: dict
+    ids: dict[str, list[str]]
+    inter: object
+
+    @classmethod
+    def load(cls, cfg: Config) -> "_Served":
+        storage = Storage(cfg.storage)
+        manifest = load_manifest(storage, cfg.data.uri)
+        return cls(storage, manifest, read_ids(storage, cfg.data.uri, manifest), read_interactions(storage, cfg.data.uri))
+
+    def user_rows(self, users: list[str], data_uri: str) -> list[int]:
+        row_of = {user: row for row, user in enumerate(self.ids["users"])}
+        unknown = [u for u in users if u not in row_of]
+        if unknown:
+            raise ValueError(f"user id(s) {unknown[:5]} not in {data_uri} ({len(row_of)} users, e.g. "
+                             f"{', '.join(self.ids['users'][:3])})")
+        return [row_of[u] for u in users]
+
+    def train_items(self, row: int) -> np.ndarray:
+        return self.inter.train_items[self.inter.train_users == row]
+
+
 def recommend(cfg: Config, users: list[str], k: int = 20, stage: str = "stage1") -> list[Recommendation]:
     """Top-`k` items for each of `users` (the data's own ids) from a finished `stage`."""
-    storage = Storage(cfg.storage)
-    manifest = load_manifest(storage, cfg.data.uri)
-    ids = read_ids(storage, cfg.data.uri, manifest)
-    user_rows = _user_rows(users, ids, cfg.data.uri)
-    if not 1 <= k <= manifest["num_items"]:
-        raise ValueError(f"--k must be in [1, {manifest['num_items']}] (the catalogue), got {k}")
-    inter = read_interactions(storage, cfg.data.uri)
-    model = load_stage_model(cfg, stage, storage, inter)
-    rows = torch.tensor(user_rows)
+    served = _Served.load(cfg)
+    rows = served.user_rows(users, cfg.data.uri)
+    if not 1 <= k <= served.manifest["num_items"]:
+        raise ValueError(f"--k must be in [1, {served.manifest['num_items']}] (the catalogue), got {k}")
+    model = load_stage_model(cfg, stage, served.storage, served.inter)
     with torch.no_grad():
         user_repr, item_repr = model()
-        scores = user_repr[rows] @ item_repr.T
-    for i, row in enumerate(rows.tolist()):  # what the user already has is not a recommendation
-        scores[i, torch.from_numpy(inter.train_items[inter.train_users == row])] = -torch.inf
-    top = torch.topk(scores, k, dim=1)
-    return [Recommendation(user, [ids["items"][j] for j in top.indices[i].tolist()],
-                           [round(float(v), 5) for v in top.values[i]])
-            for i, user in enumerate(users)]
+        scores = user_repr[torch.tensor(rows)] @ item_repr.T
+    for i, row in enumerate(rows):  # what the user already has is not a recommendation
+        scores[i, torch.from_numpy(served.train_items(row))] = -torch.inf
+    return _top(users, scores, k, served.ids["items"])
 
 
 def train_items_of(cfg: Config, user: str) -> set[str]:
     """The user's training items in the data's own ids (what `recommend` leaves out)."""
-    storage = Storage(cfg.storage)
-    manifest = load_manifest(storage, cfg.data.uri)
-    ids = read_ids(storage, cfg.data.uri, manifest)
-    inter = read_interactions(storage, cfg.data.uri)
-    row = ids["users"].index(user)
-    return {ids["items"][j] for j in np.asarray(inter.train_items[inter.train_users == row]).tolist()}
+    served = _Served.load(cfg)
+    row = served.user_rows([user], cfg.data.uri)[0]
+    return {served.ids["items"][j] for j in served.train_items(row).tolist()}
 
 
 def recommend_new_items(cfg: Config, users: list[str], items_file: str, k: int = 20,
@@ -64,18 +81,20 @@ def recommend_new_items(cfg: Config, users: list[str], items_file: str, k: int =
     `text` for a text tower, `image` paths, relative to the file, for an image tower), scored through the
     stage's encoder (with its trained adapter for stage 2) and its recommender's content pathway, without
     retraining: the cold-start case content models exist for."""
-    storage = Storage(cfg.storage)
-    manifest = load_manifest(storage, cfg.data.uri)
-    ids = read_ids(storage, cfg.data.uri, manifest)
-    rows = _user_rows(users, ids, cfg.data.uri)
-    inter = read_interactions(storage, cfg.data.uri)
-    model = load_stage_model(cfg, stage, storage, inter)
-    new_ids, features = encode_items_file(load_stage_encoder(cfg, stage, storage, manifest["modalities"]),
-                                          Path(items_file), manifest["modalities"], cfg.encoder.precision)
+    served = _Served.load(cfg)
+    rows = served.user_rows(users, cfg.data.uri)
+    model = load_stage_model(cfg, stage, served.storage, served.inter)
+    modalities = served.manifest["modalities"]
+    new_ids, features = encode_items_file(load_stage_encoder(cfg, stage, served.storage, modalities),
+                                          Path(items_file), modalities, cfg.encoder.precision)
     with torch.no_grad():
         scores = model.user_embeddings(torch.tensor(rows)) @ model.cold_item_embeddings(features).T
-    top = torch.topk(scores, min(k, len(new_ids)), dim=1)
-    return [Recommendation(user, [new_ids[j] for j in top.indices[i].tolist()],
+    return _top(users, scores, min(k, len(new_ids)), new_ids)
+
+
+def _top(users: list[str], scores: torch.Tensor, k: int, item_ids: list[str]) -> list[Recommendation]:
+    top = torch.topk(scores, k, dim=1)
+    return [Recommendation(user, [item_ids[j] for j in top.indices[i].tolist()],
                            [round(float(v), 5) for v in top.values[i]]) for i, user in enumerate(users)]
 
 
@@ -115,11 +134,3 @@ def encode_items_file(encoder, path: Path, modalities: list[str], precision: str
         features = encode_batch(encoder, batch, torch.device("cpu"), precision)
     return list(rows["item"]), features
 
-
-def _user_rows(users: list[str], ids: dict, data_uri: str) -> list[int]:
-    row_of = {user: row for row, user in enumerate(ids["users"])}
-    unknown = [u for u in users if u not in row_of]
-    if unknown:
-        raise ValueError(f"user id(s) {unknown[:5]} not in {data_uri} ({len(row_of)} users, e.g. "
-                         f"{', '.join(ids['users'][:3])})")
-    return [row_of[u] for u in users]

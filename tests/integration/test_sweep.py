@@ -1,26 +1,22 @@
 """A Ray Tune sweep on the smoke config: 3 trials sharing one stage-1 setting, best picked by valid."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.integration.conftest import ptmrec
 
 pytestmark = pytest.mark.slow
 
 
 def test_sweep_shares_stage1_and_selects_on_valid(repo, tmp_path):
-    from tests.integration.conftest import ENV
-
     data, run = tmp_path / "data", tmp_path / "run"
     sets = ["--set", f"data.uri={data}", "--set", f"run.uri={run}", "--set", "ray.cpus_per_worker=0.5",
             "--set", "stage1.epochs=2", "--set", "stage2.epochs=2",
             "--set", "sweep={name: smoke, search: grid, space: {stage1.lr: [0.01], stage2.kt.weight: [0.0, 0.5, 1.0]}}"]
-    prep = subprocess.run([sys.executable, "-m", "ptmrec.cli", "-q", "prepare", "--config", "configs/smoke.yaml", *sets],
-                          cwd=repo, env=ENV, capture_output=True, text=True)
+    prep = ptmrec(repo, "-q", "prepare", "--config", "configs/smoke.yaml", *sets)
     assert prep.returncode == 0, prep.stderr
-    proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "sweep", "--config", "configs/smoke.yaml", *sets],
-                          cwd=repo, env=ENV, capture_output=True, text=True, timeout=1500)
+    proc = ptmrec(repo, "sweep", "--config", "configs/smoke.yaml", *sets, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     summary = json.loads((run / "sweep-smoke.json").read_text())
     trials = summary["trials"]
@@ -39,19 +35,15 @@ def test_sweep_shares_stage1_and_selects_on_valid(repo, tmp_path):
 
 
 def test_stage1_grid_is_a_tuned_baseline_chosen_on_valid_or_labelled_when_on_test(repo, tmp_path):
-    from tests.integration.conftest import ENV
-
     data, run = tmp_path / "data", tmp_path / "run"
     sets = ["--set", f"data.uri={data}", "--set", f"run.uri={run}", "--set", "recommender.name=bpr",
             "--set", "stage1.epochs=3", "--set", "ray.cpus_per_worker=0.5",
             "--set", "sweep={name: grid, stage: stage1, space: {recommender.reg_weight: [0.0001, 0.1]}}"]
-    prep = subprocess.run([sys.executable, "-m", "ptmrec.cli", "-q", "prepare", "--config", "configs/smoke.yaml", *sets],
-                          cwd=repo, env=ENV, capture_output=True, text=True)
+    prep = ptmrec(repo, "-q", "prepare", "--config", "configs/smoke.yaml", *sets)
     assert prep.returncode == 0, prep.stderr
 
     def sweep(*extra):
-        proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "sweep", "--config", "configs/smoke.yaml", *sets,
-                               *extra], cwd=repo, env=ENV, capture_output=True, text=True, timeout=900)
+        proc = ptmrec(repo, "sweep", "--config", "configs/smoke.yaml", *sets, *extra)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
         return proc, json.loads((run / "sweep-grid.json").read_text())
 
