@@ -1,5 +1,5 @@
 """What the stage-2 benchmarks measure the job's step against, and how they time it (one copy for
-benchmarks/stage2.py and benchmarks/gpu/step.py).
+benchmarks/stage2.py, benchmarks/layer_cache.py and benchmarks/gpu/step.py).
 
 The floor is a bare forward + backward + optimizer step of the adapted encoder on a ready batch: no
 pairs, no recommender, no engine. Its loss (the squared mean of each modality's features) is arbitrary:
@@ -8,6 +8,7 @@ only its cost matters.
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable
 
@@ -41,3 +42,24 @@ def best_rates(fns: dict[str, Callable[[], None]], items: int, repeats: int, dev
             synchronize(device)
             best[name] = max(best[name], items / (time.perf_counter() - t0))
     return best
+
+
+def step_parser(doc: str, *, items: int, image_size: int) -> argparse.ArgumentParser:
+    """The options every stage-2 step benchmark takes (more can be added to the returned parser)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=items, help="items per timed pass (synthetic, image + text)")
+    parser.add_argument("--items-per-step", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=image_size)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def single_process_group() -> None:
+    """The environment DeepSpeed's engine reads to form a one-process group on this machine."""
+    import os
+
+    from ptmrec.runtime.local_s3 import free_port
+
+    os.environ.update(HF_HUB_OFFLINE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")

@@ -9,10 +9,7 @@ hand them over. Target ratio (bare / stage-2) <= 1.25.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -21,27 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root
 
-from benchmarks.floor import bare_encoder_step, best_rates  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.floor import bare_encoder_step, best_rates, single_process_group, step_parser  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__doc__, items=256, image_size=128)
     parser.add_argument("--encoder", default="bundled")
     parser.add_argument("--adapter", default="prompt")
-    parser.add_argument("--items", type=int, default=256, help="catalogue size (synthetic, image + text)")
-    parser.add_argument("--items-per-step", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    os.environ.update(HF_HUB_OFFLINE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
-                      WORLD_SIZE="1", LOCAL_RANK="0")
+    single_process_group()
 
     from ptmrec.config import load_config
     from ptmrec.data.sources.synthetic import make_synthetic

@@ -26,6 +26,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
         "data.shard_items", "data.shard_users", "encoder.max_text_len", "recommender.embedding_dim",
         "sweep.num_samples", "sweep.max_concurrent_trials")),
     ("stage2.items_per_step", lambda v: v >= 2, "an integer of 2 or more (negatives come from the chunk)"),
+    ("stage2.adapter.top_layers", lambda v: v is None or v >= 1, "null (every layer) or an integer of 1 or more"),
     *((k, lambda v: v >= 0, NON_NEGATIVE) for k in ("stage2.kt.weight", "stage2.kt.sampled_users",
                                                       "stage2.warmup_steps", "ray.max_failures")),
     ("stage2.zero_stage", lambda v: v in (0, 1, 2), "0, 1 or 2 (ZeRO-3 is not supported: evaluation reads the "
@@ -57,6 +58,20 @@ def stage2_problem(cfg: Config) -> str | None:
     if not get_recommender_class(cfg.recommender.name).uses_features:
         return (f"recommender.name: {cfg.recommender.name} is ID-only; stage 2 tunes item features, so it needs "
                 "a content model (vbpr, freedom)")
+    return layer_cache_problem(cfg)
+
+
+def layer_cache_problem(cfg: Config) -> str | None:
+    """Why `stage2.layer_cache` cannot work with this config (None if it can, or is off)."""
+    if not cfg.stage2.layer_cache:
+        return None
+    adapter = "full" if cfg.stage2.mode == "full_finetune" else cfg.stage2.adapter.name.lower()
+    if adapter in ("full", "none"):
+        return (f"stage2.layer_cache: true needs an adapter in the top layers, but stage2.mode "
+                f"{cfg.stage2.mode} with adapter {adapter!r} {'trains every layer' if adapter == 'full' else 'trains nothing'}")
+    if cfg.stage2.adapter.top_layers is None:
+        return ("stage2.layer_cache: true needs stage2.adapter.top_layers (the layers it adapts, from the top); with "
+                "null every layer adapts and there is nothing frozen to cache")
     return None
 
 

@@ -152,6 +152,9 @@ class AdapterConfig:
     alpha: int = 16  # scaling numerator for lora/dora/loha/lokr
     dropout: float = 0.0  # dropout on the adapter's input for lora/dora/vera
     target_modules: Optional[list[str]] = None  # module names (or name suffixes) in either tower; null = per-tower defaults
+    # prompt and peft methods: only in the top k layers of each tower (EfficientNet: its 7 stages), so the layers
+    # below stay frozen and `stage2.layer_cache` can run them once per item; null = every layer
+    top_layers: Optional[int] = None
 
 
 @dataclass
@@ -182,6 +185,9 @@ class Stage2Config:
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2, 3] = 2
     log_every: int = 20  # steps between per-step logs (the only host synchronisations of the loss)
+    # run the frozen layers below `adapter.top_layers` once per item and store their output under the run URI;
+    # steps and re-encodes then run only the adapted top layers (same features, a fraction of the cost)
+    layer_cache: bool = False
 
 
 @dataclass

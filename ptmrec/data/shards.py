@@ -167,12 +167,12 @@ def _all_shards(dataset: Dataset, cfg: DataConfig) -> Iterator[tuple[str, Shard]
     for i, start in enumerate(range(0, dataset.num_items, cfg.shard_items)):
         items = order[start:start + cfg.shard_items]
         samples = (_item_sample(dataset, item, cfg) for item in items)
-        yield "items", Shard(f"items/items-{i:06d}.tar", len(items), _tar(samples))
+        yield "items", Shard(f"items/items-{i:06d}.tar", len(items), tar_samples(samples))
     per_user = dataset.per_user()
     for i, start in enumerate(range(0, dataset.num_users, cfg.shard_users)):
         users = range(start, min(start + cfg.shard_users, dataset.num_users))
         samples = ((f"{u:07d}", {"json": _json({"user": u, **per_user[u]})}) for u in users)
-        yield "interactions", Shard(f"interactions/users-{i:06d}.tar", len(users), _tar(samples))
+        yield "interactions", Shard(f"interactions/users-{i:06d}.tar", len(users), tar_samples(samples))
 
 
 def _item_sample(dataset: Dataset, item: int, cfg: DataConfig) -> tuple[str, dict[str, bytes]]:
@@ -204,7 +204,7 @@ def encode_jpeg(image: Image.Image, short_side: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _tar(samples) -> bytes:
+def tar_samples(samples) -> bytes:
     """A tar in WebDataset's layout (a sample's files adjacent, named key.ext) with fixed headers."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:

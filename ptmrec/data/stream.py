@@ -140,14 +140,14 @@ def _open_shards(src: Iterable[dict], storage: Storage, expected_sha256: Optiona
             if want is not None and got != want:
                 raise ShardError(f"{url}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…; "
                                  "the shard was changed or damaged after `ptmrec prepare` (re-run it)")
-        yield from _tar_members(url, data)
+        yield from tar_members(url, data)
         yield {}  # end-of-shard marker, so that group_by_keys never joins two shards' samples
 
 
-def _tar_members(url: str, data: bytes) -> Iterator[dict]:
+def tar_members(url: str, data: bytes) -> Iterator[dict]:
     def broken(why: str) -> ShardError:
         return ShardError(f"{url}: corrupt or truncated tar shard ({why}); expected WebDataset samples "
-                          "written by `ptmrec prepare`")
+                          "as ptmrec writes them (`ptmrec prepare`, the layer cache)")
 
     end = 0
     try:
@@ -177,6 +177,9 @@ class ItemBatch:
     # (`ImageTransform.pixels`; the encoder normalizes them on its device), float when normalized already
     image: Optional[torch.Tensor]
     tokens: Optional[dict[str, torch.Tensor]] = None  # {"input_ids", "attention_mask"}: long [B, L], with `tokenize`
+    # modality -> the states the layer cache stored for the batch (`ptmrec.encoders.layer_split.TowerState`, or
+    # anything with `apply(fn)`); the raw text and images are not read then
+    states: Optional[dict] = None
 
     def pin_memory(self) -> "ItemBatch":
         """A copy with every tensor in pinned memory (the DataLoader calls this with `pin_memory=True`).
@@ -192,7 +195,8 @@ class ItemBatch:
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ItemBatch":
         return ItemBatch(item=fn(self.item), text=self.text,
                          image=fn(self.image) if self.image is not None else None,
-                         tokens={k: fn(v) for k, v in self.tokens.items()} if self.tokens is not None else None)
+                         tokens={k: fn(v) for k, v in self.tokens.items()} if self.tokens is not None else None,
+                         states={m: s.apply(fn) for m, s in self.states.items()} if self.states is not None else None)
 
 
 # An encoder's image preprocessing (`TwoTowerEncoder.image_transform`, an `ImageTransform`): its `pixels`
@@ -260,13 +264,17 @@ def _pixels(transform: ImageBatchTransform, images: list[Image.Image]) -> torch.
 def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: int = 0, world_size: int = 1,
                   transform: Optional[ImageBatchTransform] = None, tokenize: Optional[TextTokenize] = None,
                   shuffle_buffer: int = 0, seed: int = 0, plan: Optional[EpochPlan] = None,
-                  expected_sha256: Optional[dict[str, str]] = None, partial: bool = True) -> wds.DataPipeline:
+                  expected_sha256: Optional[dict[str, str]] = None, partial: bool = True,
+                  decode: Optional[Callable[[dict], dict]] = None,
+                  collate: Optional[Callable[[list[dict]], ItemBatch]] = None) -> wds.DataPipeline:
     """A WebDataset pipeline yielding `ItemBatch`es; see the module docstring for the two modes.
 
     `transform` (an `ImageTransform`): images are decoded and become uint8 pixels, else they are skipped.
     `tokenize` (`encoder.text_tokenizer()`): batches carry `tokens` besides `text`.
     `plan` (training epochs): `urls` are ignored for the plan's own, `seed` orders shards and items, every
     batch is full, and the loader over all of the plan's workers yields exactly `plan.steps` batches.
+    `decode`, `collate`: other samples than items' (picklable; the layer cache's), in place of
+    `decode_item(transform)` and `collate_items(transform, tokenize)`.
     """
     if plan is not None:
         stages = [EpochShards(plan, rank, seed), open_shuffled_shards(storage, expected_sha256, seed, rank)]
@@ -275,8 +283,8 @@ def item_pipeline(urls: list[str], storage: Storage, *, batch_size: int, rank: i
                   open_shards(storage, expected_sha256), group_by_keys]
     if shuffle_buffer:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank))
-    stages += [wds.map(decode_item(transform)),
-               wds.batched(batch_size, collation_fn=collate_items(transform, tokenize),
+    stages += [wds.map(decode or decode_item(transform)),
+               wds.batched(batch_size, collation_fn=collate or collate_items(transform, tokenize),
                            partial=partial and plan is None)]
     if plan is not None:
         stages.append(take_share(plan, rank))

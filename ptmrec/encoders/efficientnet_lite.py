@@ -107,7 +107,9 @@ class EfficientNetLite(nn.Module):
         self._conv_stem = Conv2dSame(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self._bn0 = _batch_norm(STEM_CHANNELS)
         blocks = []
+        self.stage_starts: list[int] = []  # the index of each stage's first block
         for repeats, kernel, stride, expand, in_ch, out_ch in stages:
+            self.stage_starts.append(len(blocks))
             for i in range(repeats):
                 # Only the first block of a stage changes resolution and width.
                 blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand))

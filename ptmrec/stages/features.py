@@ -66,12 +66,13 @@ def save_features(storage: Storage, uri: str, features: dict[str, np.ndarray], e
 
 
 def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress: bool = True,
-                 device: Optional[torch.device] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 device: Optional[torch.device] = None, cache=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Encode this rank's share of the item shards: (item ids [n], {modality: [n, dim]}).
 
     Decoding, resizing and tokenising run in `ray.loader_workers` DataLoader processes; batches reach
     `device` from pinned memory; the encoders run under `encoder.precision`'s autocast there. Features stay
-    on the device until the end (one copy back, no per-batch wait).
+    on the device until the end (one copy back, no per-batch wait). With `cache` (a `LayerCache` of this
+    adapted encoder) the cache shards are read instead and only the towers' upper layers run.
     """
     from ptmrec.data.stream import items_from_manifest, make_loader
     from ptmrec.stages.common import build_configured_encoder
@@ -84,11 +85,16 @@ def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress
     encoder.eval()
     wants_images = "image" in manifest["modalities"]
     wants_text = "text" in manifest["modalities"]
-    stream = items_from_manifest(storage, cfg.data.uri, batch_size=cfg.encoder.batch_size, rank=rank,
-                                 world_size=world_size, transform=encoder.image_transform if wants_images else None,
-                                 tokenize=encoder.text_tokenizer() if wants_text else None)
+    if cache is not None:
+        from ptmrec.stages.layer_cache import cache_pipeline
+
+        stream = cache_pipeline(cache, storage, batch_size=cfg.encoder.batch_size, rank=rank, world_size=world_size)
+    else:
+        stream = items_from_manifest(storage, cfg.data.uri, batch_size=cfg.encoder.batch_size, rank=rank,
+                                     world_size=world_size, transform=encoder.image_transform if wants_images else None,
+                                     tokenize=encoder.text_tokenizer() if wants_text else None)
     loader = make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
-    bar = _progress_bar(progress, rank, manifest["num_items"] // world_size)
+    bar = progress_bar(progress, rank, manifest["num_items"] // world_size)
     ids, parts = [], {m: [] for m in manifest["modalities"]}
     with torch.inference_mode():
         for batch in loader:
@@ -108,6 +114,10 @@ def encode_batch(encoder, batch, device: torch.device, precision: str) -> dict[s
     batch = batch.to(device)
     out = {}
     with encoder_autocast(device, precision):
+        if batch.states is not None:
+            from ptmrec.encoders.layer_split import upper_all
+
+            out = upper_all(encoder, batch.states)
         if batch.tokens is not None:
             out["text"] = encoder.encode_text(**batch.tokens)
         if batch.image is not None:
@@ -154,14 +164,14 @@ def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: floa
     return out
 
 
-def _progress_bar(enabled: bool, rank: int, total: Optional[int]):
+def progress_bar(enabled: bool, rank: int, total: Optional[int], desc: str = "encode items"):
     """Inside Ray, Ray's tqdm (bars of every task drawn together on the driver); else a plain one."""
     import ray
 
     if enabled and ray.is_initialized():
         from ray.experimental.tqdm_ray import tqdm
 
-        return tqdm(total=total, desc=f"encode items (rank {rank})", unit="item")
+        return tqdm(total=total, desc=f"{desc} (rank {rank})", unit="item")
     from tqdm import tqdm as plain
 
-    return plain(total=total, desc=f"encode items (rank {rank})", unit="item", disable=not enabled)
+    return plain(total=total, desc=f"{desc} (rank {rank})", unit="item", disable=not enabled)

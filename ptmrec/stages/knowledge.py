@@ -102,6 +102,11 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=sc.items_per_step * sc.num_workers,
                                 num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage)
     steps = epoch_plan(cfg, manifest, 0, sc.num_workers).steps  # the same every epoch
+    cache = None
+    if sc.layer_cache:
+        from ptmrec.stages.layer_cache import ensure_layer_cache
+
+        cache = ensure_layer_cache(cfg, settings["adapter"], sc.num_workers, cfg.ray.cpus_per_worker, progress)
     log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, up to %d epochs, "
              "lr %s (warm-up %d steps), ZeRO-%d", sc.mode, settings["adapter"], settings["kt_weight"],
              sc.kt.temperature, sc.num_workers, sc.items_per_step, steps, settings["epochs"], sc.lr_schedule,
@@ -110,11 +115,12 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
                 "recommender": asdict(cfg.recommender), "adapter": asdict(sc.adapter), "kt": asdict(sc.kt),
                 "ds_config": ds_config, "items_per_step": sc.items_per_step, "pairs": sc.pairs_per_step,
                 "schedule": [sc.warmup_steps, sc.lr_schedule, settings["epochs"]],
-                "stage1": read_metrics(storage, stage1_uri)["wall_s"]}
+                "stage1": read_metrics(storage, stage1_uri)["wall_s"], "layer_cache": cache and cache.uri}
     out = stage_dir(sc.mode, sc.output)
     ray_train.run_trainer(knowledge_worker, cfg, stage=out.replace("/", "-"), num_workers=sc.num_workers,
                           identity=identity, callbacks=callbacks,
-                          worker_config={"cfg": cfg, "ds_config": ds_config, "settings": settings, "steps": steps})
+                          worker_config={"cfg": cfg, "ds_config": ds_config, "settings": settings, "steps": steps,
+                                         "layer_cache": cache})
     return read_metrics(storage, join(cfg.run.uri, out))
 
 
@@ -152,11 +158,13 @@ def knowledge_worker(config: dict) -> None:
 
     # --- train, evaluate, checkpoint, early-stop: item-centric steps, the same number on every rank
     index = ItemUserIndex(inter.train_users, inter.train_items, inter.num_items)
-    epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"])
+    cache = config["layer_cache"]  # a LayerCache: steps and re-encodes read the frozen layers' states from it
+    epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"],
+                         cache)
     if not state.history:
         # The starting point (stage 1's recommender, the adapters as initialised) is epoch 0, a candidate like
         # any epoch: stage 2 never hands over a model that is worse on valid than the one it started from.
-        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best)
+        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
         state.history.append({"epoch": 0, **_split_metrics(result)})
         if rank == 0:
             log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
@@ -166,7 +174,7 @@ def knowledge_worker(config: dict) -> None:
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
         best_before = state.best_epoch
-        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best)
+        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
         improved = state.best_epoch != best_before
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
                   **_split_metrics(result)}
@@ -194,7 +202,8 @@ def knowledge_worker(config: dict) -> None:
         _save_outputs(cfg, storage, manifest, settings, state, best,
                       params={"trainable_params": trainable, "total_params": total,
                               "encoder_trainable_params": encoder_trainable, "encoder_total_params": encoder_total},
-                      wall_s=time.perf_counter() - start, items_per_s=epoch_run.items_per_s)
+                      wall_s=time.perf_counter() - start, items_per_s=epoch_run.items_per_s,
+                      layer_cache=cache.summary() if cache is not None else None)
         # The report compares this stage with stage 1 (and any other modes already run).
         write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
         report_png = storage.read_bytes(join(cfg.run.uri, "report.png"))
@@ -247,7 +256,7 @@ def train_step(engine, batch: ItemBatch, index: ItemUserIndex, pairs_per_step: i
     if pairs is not None:
         pairs = pairs.to(device)
     batch = batch.to(device)
-    loss, parts = engine(batch.item, pairs, batch.tokens, batch.image)
+    loss, parts = engine(batch.item, pairs, batch.tokens, batch.image, batch.states)
     engine.backward(loss)
     engine.step()
     return parts
@@ -258,8 +267,9 @@ class EpochRun:
     processes), the steps, and per-step logs every `stage2.log_every` steps."""
 
     def __init__(self, cfg: Config, storage: Storage, engine, student: Student, index: ItemUserIndex, rank: int,
-                 world_size: int, device: torch.device, tracker: Tracker, steps: int):
+                 world_size: int, device: torch.device, tracker: Tracker, steps: int, cache=None):
         self.cfg, self.storage, self.engine, self.student, self.index = cfg, storage, engine, student, index
+        self.cache = cache
         self.rank, self.world_size, self.device, self.tracker, self.steps = rank, world_size, device, tracker, steps
         self.items_per_epoch = steps * cfg.stage2.items_per_step * world_size
         self.global_step, self.train_s, self.items_seen = 0, 0.0, 0
@@ -278,7 +288,7 @@ class EpochRun:
         t0 = t_log = time.perf_counter()
         logged_items = 0
         for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank, self.world_size,
-                                 self.device):
+                                 self.device, self.cache):
             parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device,
                                sc.kt.sampled_users if sc.kt.variant == "user_item" else 0)
             for k, v in parts.items():
@@ -298,9 +308,11 @@ class EpochRun:
         return epoch_s, {k: float(v) / self.steps for k, v in sums.items()}
 
 
-def epoch_plan(cfg: Config, manifest: dict, epoch: int, world_size: int) -> EpochPlan:
-    """Which item shards each rank's loader workers read in `epoch`, and the steps (every rank the same)."""
-    return plan_epoch(shard_counts(manifest, cfg.data.uri, "items"), batch_size=cfg.stage2.items_per_step,
+def epoch_plan(cfg: Config, manifest: dict, epoch: int, world_size: int, cache=None) -> EpochPlan:
+    """Which item shards (or the layer cache's shards of them) each rank's loader workers read in `epoch`, and
+    the steps (every rank the same)."""
+    counts = cache.counts() if cache is not None else shard_counts(manifest, cfg.data.uri, "items")
+    return plan_epoch(counts, batch_size=cfg.stage2.items_per_step,
                       world_size=world_size, workers=cfg.ray.loader_workers, seed=_epoch_seed(cfg, epoch))
 
 
@@ -309,11 +321,17 @@ def _epoch_seed(cfg: Config, epoch: int) -> int:
 
 
 def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, rank: int, world_size: int,
-                device: torch.device):
+                device: torch.device, cache=None):
     """This rank's chunks for one epoch (`epoch_plan`): `items_per_step` items each, every item of the
     catalogue in the epoch, in a fresh random order, decoded and tokenised by `ray.loader_workers`
-    processes, pinned for the copy to a GPU."""
+    processes (with a `LayerCache`: the frozen layers' states read from it), pinned for the copy to a GPU."""
     manifest = load_manifest(storage, cfg.data.uri)
+    if cache is not None:
+        from ptmrec.stages.layer_cache import cache_pipeline
+
+        stream = cache_pipeline(cache, storage, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,
+                                plan=epoch_plan(cfg, manifest, epoch, world_size, cache), seed=_epoch_seed(cfg, epoch))
+        return make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
     stream = items_from_manifest(
         storage, cfg.data.uri, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,
         transform=encoder.image_transform if "image" in manifest["modalities"] else None,
@@ -323,12 +341,12 @@ def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, rank: int, w
 
 
 def _evaluate_candidate(cfg: Config, inter, student: Student, state: TrainState, rank: int, world_size: int,
-                        device: torch.device, best: Optional[dict]) -> tuple[dict, Optional[dict]]:
+                        device: torch.device, best: Optional[dict], cache=None) -> tuple[dict, Optional[dict]]:
     """Evaluate the student as it is now (epoch `state.epoch`) exactly as stage 1, on the catalogue re-encoded
     by the adapted encoder; returns (result, best), best replaced on rank 0 when this epoch is the best."""
     from ptmrec.encoders.adapters import adapter_state_dict
 
-    adapted = _encode_catalogue(cfg, student.encoder, inter.num_items, rank, world_size, device)
+    adapted = _encode_catalogue(cfg, student.encoder, inter.num_items, rank, world_size, device, cache)
     result, eval_model = _evaluate_adapted(cfg, inter, student.recommender, adapted, rank, world_size, device)
     # Train the next epoch against the catalogue just evaluated (FREEDOM: its item graph and neighbours).
     student.recommender.adopt_reference_features(eval_model)
@@ -343,11 +361,11 @@ def _split_metrics(result: dict) -> dict:
 
 
 def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_size: int,
-                      device: torch.device) -> dict[str, torch.Tensor]:
+                      device: torch.device, cache=None) -> dict[str, torch.Tensor]:
     """Every item through the adapted encoder, each rank its share of the shards, gathered on all ranks
     (on the CPU: the evaluation model is rebuilt from them)."""
     was_training = encoder.training
-    ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device)
+    ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device, cache=cache)
     set_train_mode(encoder, was_training)
     parts = [(ids, feats)]
     if world_size > 1:
@@ -373,7 +391,8 @@ def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.
 
 
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,
-                  best: Optional[dict], params: dict, wall_s: float, items_per_s: float) -> None:
+                  best: Optional[dict], params: dict, wall_s: float, items_per_s: float,
+                  layer_cache: Optional[dict] = None) -> None:
     name = stage_dir(cfg.stage2.mode, cfg.stage2.output)
     out = join(cfg.run.uri, name)
     if best is not None:
@@ -395,6 +414,6 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "wall_s": round(wall_s, 2), "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": memory_kind, "seed": cfg.run.seed,
         "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "zero_stage": cfg.stage2.zero_stage,
-        "resumed_from_epoch": state.resumed_from_epoch, "history": state.history})
+        "resumed_from_epoch": state.resumed_from_epoch, "layer_cache": layer_cache, "history": state.history})
     log.info("stage 2 (%s) done: best valid %s %.4f at epoch %d → %s", cfg.stage2.mode, cfg.eval.metric,
              state.best_score, state.best_epoch, out)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ptmrec.encoders.adapters import set_train_mode
+from ptmrec.encoders.layer_split import upper_all
 from ptmrec.losses import bpr_loss, item_item_kt, user_item_kt
 from ptmrec.runtime.device import encoder_autocast
 
@@ -124,11 +125,14 @@ class Student(nn.Module):
         set_train_mode(self.encoder, mode)
         return self
 
-    def encode(self, text_inputs: Optional[dict], pixel_values: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The chunk's adapted features: modality -> [n, d_m]."""
+    def encode(self, text_inputs: Optional[dict], pixel_values: Optional[torch.Tensor],
+               states: Optional[dict] = None) -> dict[str, torch.Tensor]:
+        """The chunk's adapted features: modality -> [n, d_m]; from the layer cache's `states` when given."""
         device = self.teacher_item.device
         features = {}
         with encoder_autocast(device, self.precision):
+            if states is not None:
+                features = upper_all(self.encoder, states)
             if text_inputs is not None:
                 features["text"] = self.encoder.encode_text(**text_inputs)
             if pixel_values is not None:
@@ -136,8 +140,9 @@ class Student(nn.Module):
         return {m: f.float() for m, f in features.items()}
 
     def forward(self, items: torch.Tensor, pairs: Optional[ChunkPairs], text_inputs: Optional[dict] = None,
-                pixel_values: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = self.encode(text_inputs, pixel_values)
+                pixel_values: Optional[torch.Tensor] = None,
+                states: Optional[dict] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = self.encode(text_inputs, pixel_values, states)
         features = {m: f for m, f in features.items() if m in self.recommender.modalities}
         if pairs is None:
             # A chunk with no training users: still one (zero) step, since every rank must step together.

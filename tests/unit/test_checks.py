@@ -22,6 +22,7 @@ BAD = {
     "stage2.items_per_step=1": "stage2.items_per_step: expected an integer of 2 or more",
     "recommender.modalities=[audio]": "recommender.modalities: ['audio']: a non-empty list of image and text",
     "recommender.modalities=[image]": None,
+    "stage2.adapter.top_layers=0": "stage2.adapter.top_layers: expected null (every layer) or an integer of 1 or more",
 }
 
 
@@ -61,3 +62,18 @@ def test_an_id_only_model_is_fine_for_stage_1_and_refused_before_stage_2(repo, t
     assert "note: stage 2 cannot run: recommender.name: bpr is ID-only" in capsys.readouterr().err
     assert main(["pipeline", "--config", "configs/smoke.yaml", *sets]) == 2  # before stage 1 trains
     assert "bpr is ID-only" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("stage2.layer_cache=true", "stage2.layer_cache: true needs stage2.adapter.top_layers"),
+    ("stage2={layer_cache: true, mode: full_finetune, adapter: {top_layers: 1}}",
+     "stage2.mode full_finetune with adapter 'full' trains every layer"),
+])
+def test_a_layer_cache_without_frozen_layers_is_refused_before_stage_2(setting, message, repo, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.chdir(repo)
+    sets = ["--set", setting, "--set", f"run.uri={tmp_path / 'run'}"]
+    assert main(["stage2", "--config", "configs/smoke.yaml", *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -41,7 +41,7 @@ class GatedPrompts(LayerPrompts):
         self.gates = nn.Parameter(torch.zeros(depth, heads))
 
     def after_attention(self, index: int, attention: nn.Module, args: tuple, kwargs: dict, output):
-        """Forward hook on layer ``index``'s self-attention: add the gated prompt context."""
+        """Forward hook on a self-attention: add the gated prompt context of prompt layer ``index``."""
         hidden = args[0] if args else kwargs["hidden_states"]
         query, key, value, out_weight, heads, scale = _projections(attention)
         batch, length, _ = hidden.shape
@@ -66,17 +66,19 @@ def _projections(attention: nn.Module):
             attention.num_attention_heads, attention.scaling)
 
 
-def add_gated_prompts(tower: nn.Module, *, length: int, depth: int | None, init_std: float) -> GatedPrompts:
+def add_gated_prompts(tower: nn.Module, *, length: int, depth: int | None, init_std: float,
+                      top_layers: int | None = None) -> GatedPrompts:
     """Attach ``GatedPrompts`` to a CLIP text/vision or BERT tower, in place, as ``tower.prompts``.
 
-    ``depth`` None means every layer. Returns the prompts (trainable; the tower is untouched otherwise).
+    Prompts go into the first ``depth`` layers (None: every layer), or the top ``top_layers`` when that is
+    given. Returns the prompts (trainable; the tower is untouched otherwise).
     """
-    kind, layers, depth = prompted_layers(tower, depth)
-    prompts = GatedPrompts(depth=depth, length=length, width=tower.config.hidden_size,
+    kind, layers, indices = prompted_layers(tower, depth, top_layers)
+    prompts = GatedPrompts(depth=len(indices), length=length, width=tower.config.hidden_size,
                            heads=tower.config.num_attention_heads, init_std=init_std)
     tower.prompts = prompts
-    for index in range(depth):
+    for slot, index in enumerate(indices):
         attention = layers[index].attention.self if kind == "bert" else layers[index].self_attn
         # A bound method in a partial (not a closure), so that deepcopy and pickle carry the hook.
-        attention.register_forward_hook(functools.partial(prompts.after_attention, index), with_kwargs=True)
+        attention.register_forward_hook(functools.partial(prompts.after_attention, slot), with_kwargs=True)
     return prompts

@@ -23,6 +23,10 @@ with VeRA the CNN tower stays frozen and only the text tower adapts (logged). Wi
 ``target_modules`` (names or name suffixes, peft's rule), each tower adapts the ones it has; a
 name found in no tower is an error.
 
+``top_layers`` k places the adapter in each tower's top k layers only (EfficientNet: stages; modules
+above the stack, e.g. ``_conv_head``, count as top), so that everything below stays the frozen tower
+and can be computed once per item (stage 2's layer cache).
+
 Option mapping: ``rank`` is r (lora, dora, loha, lokr, vera, hra) or the orthogonal block size
 (oft, boft: capacity grows with it as with r); ``alpha`` is the scaling numerator (lora, dora,
 loha, lokr); ``dropout`` is the dropout on the adapter's input (lora, dora, vera).
@@ -37,7 +41,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from ptmrec.encoders.adapters.registry import register_adapter
-from ptmrec.encoders.adapters.towers import CNN_KINDS, tower_kind, towers
+from ptmrec.encoders.adapters.towers import CNN_KINDS, first_adapted_layer, layer_of, tower_kind, towers
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +74,29 @@ MakeConfig = Callable[[list[str], str], object]  # (module names in one tower, t
 
 @register_adapter("lora")
 def lora(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0,
-         target_modules: Sequence[str] | None = None) -> None:
+         target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """LoRA: ``W x + (alpha / rank) B A x`` on each target."""
     from peft import LoraConfig
 
-    inject(encoder, "lora", target_modules, lambda names, kind: LoraConfig(
+    inject(encoder, "lora", target_modules, top_layers, lambda names, kind: LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names))
 
 
 @register_adapter("dora")
 def dora(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0,
-         target_modules: Sequence[str] | None = None) -> None:
+         target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """DoRA: LoRA on the direction of each weight, plus a trainable magnitude per output."""
     from peft import LoraConfig
 
-    inject(encoder, "dora", target_modules, lambda names, kind: LoraConfig(
+    inject(encoder, "dora", target_modules, top_layers, lambda names, kind: LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, use_dora=True))
 
 
 @register_adapter("ia3")
-def ia3(encoder: nn.Module, *, target_modules: Sequence[str] | None = None) -> None:
+def ia3(encoder: nn.Module, *, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """IA3: learned per-channel scales on keys, values and FFN activations."""
     from peft import IA3Config
 
@@ -97,68 +104,76 @@ def ia3(encoder: nn.Module, *, target_modules: Sequence[str] | None = None) -> N
         feedforward = [n for n in names if re.fullmatch(IA3_FEEDFORWARD[kind], n)]
         return IA3Config(target_modules=names, feedforward_modules=feedforward)
 
-    inject(encoder, "ia3", target_modules, make, defaults=IA3_TARGETS)
+    inject(encoder, "ia3", target_modules, top_layers, make, defaults=IA3_TARGETS)
 
 
 @register_adapter("loha")
-def loha(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, target_modules: Sequence[str] | None = None) -> None:
+def loha(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """LoHa: a Hadamard product of two low-rank updates."""
     from peft import LoHaConfig
 
-    inject(encoder, "loha", target_modules, lambda names, kind: LoHaConfig(r=rank, alpha=alpha, target_modules=names))
+    inject(encoder, "loha", target_modules, top_layers, lambda names, kind: LoHaConfig(r=rank, alpha=alpha, target_modules=names))
 
 
 @register_adapter("lokr")
-def lokr(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, target_modules: Sequence[str] | None = None) -> None:
+def lokr(encoder: nn.Module, *, rank: int = 8, alpha: int = 16, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """LoKr: a Kronecker product update with a low-rank factor."""
     from peft import LoKrConfig
 
-    inject(encoder, "lokr", target_modules, lambda names, kind: LoKrConfig(r=rank, alpha=alpha, target_modules=names))
+    inject(encoder, "lokr", target_modules, top_layers, lambda names, kind: LoKrConfig(r=rank, alpha=alpha, target_modules=names))
 
 
 @register_adapter("vera")
 def vera(encoder: nn.Module, *, rank: int = 8, dropout: float = 0.0,
-         target_modules: Sequence[str] | None = None) -> None:
+         target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """VeRA: frozen shared random low-rank matrices, trainable scaling vectors (Linear layers only)."""
     from peft import VeraConfig
 
-    inject(encoder, "vera", target_modules, lambda names, kind: VeraConfig(
+    inject(encoder, "vera", target_modules, top_layers, lambda names, kind: VeraConfig(
         r=rank, vera_dropout=dropout, projection_prng_key=VERA_SEED, target_modules=names),
         conv2d=False, needs_tuner=True)
 
 
 @register_adapter("oft")
-def oft(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None) -> None:
+def oft(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """OFT: a block-diagonal orthogonal rotation of each weight's input; ``rank`` = block size."""
     from peft import OFTConfig
 
-    inject(encoder, "oft", target_modules, lambda names, kind: OFTConfig(
+    inject(encoder, "oft", target_modules, top_layers, lambda names, kind: OFTConfig(
         r=0, oft_block_size=rank, target_modules=names))
 
 
 @register_adapter("boft")
-def boft(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None) -> None:
+def boft(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """BOFT: OFT with butterfly-factorized rotations; ``rank`` = block size."""
     from peft import BOFTConfig
 
-    inject(encoder, "boft", target_modules, lambda names, kind: BOFTConfig(
+    inject(encoder, "boft", target_modules, top_layers, lambda names, kind: BOFTConfig(
         boft_block_size=rank, boft_block_num=0, target_modules=names))
 
 
 @register_adapter("hra")
-def hra(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None) -> None:
+def hra(encoder: nn.Module, *, rank: int = 8, target_modules: Sequence[str] | None = None,
+         top_layers: int | None = None) -> None:
     """HRA: a chain of ``rank`` Householder reflections applied to each weight."""
     from peft import HRAConfig
 
-    inject(encoder, "hra", target_modules, lambda names, kind: HRAConfig(r=rank, target_modules=names))
+    inject(encoder, "hra", target_modules, top_layers, lambda names, kind: HRAConfig(r=rank, target_modules=names))
 
 
 # --------------------------------------------------------------------------------------------------
 
 
-def inject(encoder: nn.Module, method: str, target_modules: Sequence[str] | None, make_config: MakeConfig, *,
+def inject(encoder: nn.Module, method: str, target_modules: Sequence[str] | None, top_layers: int | None,
+           make_config: MakeConfig, *,
            defaults: dict[str, str] = DEFAULT_TARGETS, conv2d: bool = True, needs_tuner: bool = False) -> None:
-    """Inject peft ``method`` into each tower that has targets; validate everything before changing anything."""
+    """Inject peft ``method`` into each tower that has targets (those in its top ``top_layers`` layers, or
+    above them, when that is given); validate everything before changing anything."""
     import peft
 
     plan, found = [], set()
@@ -168,10 +183,12 @@ def inject(encoder: nn.Module, method: str, target_modules: Sequence[str] | None
             log.warning("%s: peft has no Conv2d layer for this method, so the %s tower (%s) stays frozen; "
                         "only the other tower adapts", method, modality, kind)
             continue
+        lowest = 0 if top_layers is None else first_adapted_layer(tower, top_layers)
+        candidates = [n for n, _ in tower.named_modules() if layer_of(tower, n) >= lowest]
         if target_modules is None:
-            names = [n for n, _ in tower.named_modules() if re.fullmatch(defaults[kind], n)]
+            names = [n for n in candidates if re.fullmatch(defaults[kind], n)]
         else:
-            names = [n for n, _ in tower.named_modules() if any(_is_target(n, t) for t in target_modules)]
+            names = [n for n in candidates if any(_is_target(n, t) for t in target_modules)]
             found |= {t for t in target_modules if any(_is_target(n, t) for n in names)}
             if not names:
                 log.warning("%s: none of target_modules %s is in the %s tower; it stays frozen",
@@ -181,7 +198,7 @@ def inject(encoder: nn.Module, method: str, target_modules: Sequence[str] | None
     missing = [t for t in (target_modules or []) if t not in found]
     if missing:
         raise ValueError(f"{method}: target_modules {missing} match no module in any tower "
-                         f"(that {method} can adapt)")
+                         f"(that {method} can adapt{'' if top_layers is None else f', in the top {top_layers} layers'})")
     if not plan:
         raise ValueError(f"{method}: no tower of this encoder can take it")
     for modality, tower, kind, names in plan:

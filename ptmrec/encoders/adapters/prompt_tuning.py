@@ -23,7 +23,7 @@ from ptmrec.encoders.adapters.cnn_prompts import add_padding_prompt
 from ptmrec.encoders.adapters.gated_prompts import add_gated_prompts
 from ptmrec.encoders.adapters.prompts import add_deep_prompts
 from ptmrec.encoders.adapters.registry import register_adapter
-from ptmrec.encoders.adapters.towers import CNN_KINDS, tower_kind, towers, transformer_layers
+from ptmrec.encoders.adapters.towers import CNN_KINDS, first_adapted_layer, tower_kind, towers, transformer_layers
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def prompt(
     prompt_pad: int = 30,
     prompt_init_std: float = 0.02,
     prompt_style: str = "gated",
+    top_layers: int | None = None,
 ) -> None:
     """Add prompts to every present tower.
 
@@ -54,15 +55,26 @@ def prompt(
         prompt_init_std: std of the prompt tokens' normal init (0 = zeros); also the CNN border's in
             the ``inserted`` style.
         prompt_style: ``gated`` (starts at the frozen tower) or ``inserted`` (see the module doc).
+        top_layers: gated prompts in the top k layers of each transformer tower instead of from the first
+            (no depth then); a CNN tower stays frozen, since its border sits below every layer.
     """
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, got {prompt_style!r}")
+    if top_layers is not None and prompt_style != "gated":
+        raise ValueError("top_layers needs prompt_style gated: inserted prompts enter the sequence below layer 0")
+    depths = (prompt_depth, text_prompt_depth, image_prompt_depth)
+    if top_layers is not None and any(d is not None for d in depths):
+        raise ValueError("prompt depths count from the first layer and top_layers from the last; set one of them")
     per_tower = {"text": (text_prompt_length, text_prompt_depth), "image": (image_prompt_length, image_prompt_depth)}
     plan = []  # settle every tower's settings before changing any, so that a bad option changes nothing
     for modality, tower in towers(encoder):
         kind = tower_kind(tower)
         length, depth = per_tower[modality]
         if kind in CNN_KINDS:
+            if top_layers is not None:
+                log.warning("prompt: the %s tower is a CNN, whose prompt is a border on its input, below every "
+                            "layer: with top_layers it stays frozen; only the transformer towers adapt", modality)
+                continue
             if length is not None or depth is not None:
                 raise ValueError(f"{modality}_prompt_length/depth apply to transformer towers; this {modality} "
                                  "tower is a CNN, whose prompt is a border of prompt_pad pixels")
@@ -76,7 +88,11 @@ def prompt(
             if length < 1 or not 1 <= (layers if depth is None else depth) <= layers:
                 raise ValueError(f"{modality} prompts: length must be >= 1 and depth in [1, {layers}] for this "
                                  f"{kind} tower, got length={length}, depth={depth}")
+            if top_layers is not None:
+                first_adapted_layer(tower, top_layers)  # fits this tower?
         plan.append((modality, tower, kind, length, depth))
+    if not plan:
+        raise ValueError("prompt: with top_layers only transformer towers take prompts, and this encoder has none")
 
     for modality, tower, kind, length, depth in plan:
         if kind in CNN_KINDS:
@@ -86,7 +102,7 @@ def prompt(
                      modality, prompt_pad, encoder.image_size, encoder.image_size)
             continue
         if prompt_style == "gated":
-            add_gated_prompts(tower, length=length, depth=depth, init_std=prompt_init_std)
+            add_gated_prompts(tower, length=length, depth=depth, init_std=prompt_init_std, top_layers=top_layers)
             continue
         if modality == "text":
             _leave_room_for_prompts(encoder, tower, length)

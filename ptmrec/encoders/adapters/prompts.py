@@ -128,7 +128,8 @@ def add_deep_prompts(tower: nn.Module, *, length: int, depth: int | None, init_s
 
     ``depth`` None means every layer. Returns the prompts (trainable; the tower is untouched otherwise).
     """
-    kind, layers, depth = prompted_layers(tower, depth)
+    kind, layers, indices = prompted_layers(tower, depth)
+    depth = len(indices)
     width = tower.config.hidden_size
     is_text = kind in ("clip_text", "bert")
     prompts = DeepPrompts(depth=depth, length=length, width=width, init_std=init_std,

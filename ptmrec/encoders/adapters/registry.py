@@ -43,6 +43,10 @@ class AppliedAdapter:
     name: str
     options: dict[str, Any]
     state_names: tuple[str, ...]  # the tensors adapter_state_dict saves, named as in encoder.state_dict()
+    # modality -> how many of the tower's bottom layers (see towers.num_layers) run exactly as frozen: 0 when
+    # the adapter reaches the first layer, all of them when the tower is frozen (the layer cache stores their
+    # output once per item)
+    frozen_layers: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # Decorator adding a builder under ``name`` (lowercase); a name can be registered once.
@@ -78,7 +82,8 @@ def apply_adapter(encoder: TwoTowerEncoder, name: str, **options: Any) -> TwoTow
             p.requires_grad_(flag)
         raise
     _keep_frozen_batch_norm_statistics(encoder)
-    encoder.applied_adapter = AppliedAdapter(key, dict(options), _state_names(encoder))
+    encoder.applied_adapter = AppliedAdapter(key, dict(options), _state_names(encoder),
+                                             _frozen_layers(encoder, options.get("top_layers")))
     trainable, total = count_parameters(encoder)
     log.info("adapter %s: %s of %s encoder parameters train (%.3f %%)", key, f"{trainable:,}", f"{total:,}",
              100.0 * trainable / max(total, 1))
@@ -220,6 +225,29 @@ def _state_names(encoder: nn.Module) -> tuple[str, ...]:
     buffers = {name for name, _ in encoder.named_buffers()}
     persistent = [key for key in encoder.state_dict(keep_vars=True) if key in buffers]
     return tuple(trainable + [key for key in persistent if key.rpartition(".")[0] in owners])
+
+
+def _frozen_layers(encoder: nn.Module, top_layers: int | None) -> dict[str, int]:
+    """Per tower, the bottom layers no trainable parameter lives in (checked against what ``top_layers`` asked)."""
+    from ptmrec.encoders.adapters.towers import layer_of, num_layers, towers
+
+    out = {}
+    for modality, tower in towers(encoder):
+        trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+        if not trainable:
+            out[modality] = num_layers(tower)
+            continue
+        if top_layers is None:  # the adapter reaches the first layer (`full`: the embeddings too)
+            out[modality] = 0
+            continue
+        cut = num_layers(tower) - top_layers
+        # Gated prompts keep their tensors on the tower (`prompts.*`); their hooks sit in the top layers.
+        below = [n for n in trainable if not n.startswith("prompts.") and layer_of(tower, n) < cut]
+        if below:
+            raise RuntimeError(f"top_layers={top_layers} but the {modality} tower trains {_few(below)} below "
+                               f"layer {cut}")
+        out[modality] = cut
+    return out
 
 
 def _keep_frozen_batch_norm_statistics(encoder: nn.Module) -> None:

@@ -195,14 +195,14 @@ def test_options_from_the_default_config_are_the_prompt_fields():
     assert adapter_options(AdapterConfig()) == {
         "prompt_length": 4, "prompt_depth": None, "text_prompt_length": None, "text_prompt_depth": None,
         "image_prompt_length": None, "image_prompt_depth": None, "prompt_pad": 30, "prompt_init_std": 0.02,
-        "prompt_style": "gated",
+        "prompt_style": "gated", "top_layers": None,
     }
 
 
 def test_options_take_only_what_the_adapter_uses():
     assert adapter_options(AdapterConfig(name="lora", rank=4, target_modules=["q_proj"])) == {
-        "rank": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj"]}
-    assert adapter_options(AdapterConfig(name="ia3")) == {"target_modules": None}
+        "rank": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj"], "top_layers": None}
+    assert adapter_options(AdapterConfig(name="ia3")) == {"target_modules": None, "top_layers": None}
     assert adapter_options(AdapterConfig(name="none")) == {}
 
 
@@ -219,7 +219,7 @@ def test_name_override_checks_the_config_against_its_own_adapter():
     # full fine-tuning runs whatever adapter the config names; the prompt fields are not errors then
     assert adapter_options(AdapterConfig(name="prompt", prompt_length=2), "full") == {}
     assert adapter_options(AdapterConfig(name="lora", rank=4), "vera") == {
-        "rank": 4, "dropout": 0.0, "target_modules": None}
+        "rank": 4, "dropout": 0.0, "target_modules": None, "top_layers": None}
 
 
 def test_full_fine_tuning_also_saves_batch_norm_statistics(fresh_bundled):

@@ -1,0 +1,66 @@
+"""Stage 2 with the layer cache, for real (Ray tasks build it, 2 DeepSpeed workers read it): the features it
+trains and evaluates on are the full encoder's, a finished cache is reused, a damaged shard is refused by
+name, and an interrupted build resumes. (Which settings key a cache: tests/unit/stages/test_layer_cache.py.)"""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import ptmrec
+from tests.integration.test_stage2 import reencode
+
+pytestmark = pytest.mark.slow
+
+
+def cache_folders(run):
+    return sorted(p.parent for p in (run / "features").glob("layers-*/*/cache.json"))
+
+
+def test_layer_cache_trains_on_the_full_features_and_is_reused_refused_and_resumed(repo, smoke_data, tmp_path):
+    from ptmrec.config import load_config
+    from ptmrec.stages.features import load_features
+    from ptmrec.storage import Storage
+
+    run = tmp_path / "run"
+    sets = ["--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}", "--set", "stage2.layer_cache=true",
+            "--set", "stage2.adapter={name: lora, rank: 4, top_layers: 1}"]
+    assert ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets).returncode == 0
+    proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets, "--set", "stage2.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "built the layer cache of 120 items" in proc.stderr
+
+    (folder,) = cache_folders(run)
+    assert folder.parent.name == "layers-image1-text1"  # tiny-clip has 2 layers per tower, LoRA in the top one
+    meta = json.loads((folder / "cache.json").read_text())
+    metrics = json.loads((run / "stage2" / "metrics.json").read_text())
+    assert metrics["layer_cache"]["total_bytes"] == sum(e["bytes"] for e in meta["shards"]["items"]) > 0
+    assert metrics["layer_cache"]["frozen_layers"] == {"image": 1, "text": 1}
+    # The start (epoch 0, through the cache) is stage 1's model exactly, and the adapter trained through the
+    # cache gives, through the full encoder, the features the stage saved (computed from the cache).
+    stage1 = json.loads((run / "stage1" / "metrics.json").read_text())
+    assert metrics["history"][0]["valid/recall@20"] == stage1["valid"]["recall@20"]
+    cfg = load_config("configs/smoke.yaml", [f"data.uri={smoke_data}", f"run.uri={run}",
+                                             "stage2.adapter={name: lora, rank: 4, top_layers: 1}"])
+    saved = load_features(Storage(cfg.storage), str(next((run / "features" / "adapted-stage2").iterdir())))
+    full = reencode(cfg, run / "stage2" / "adapter.pt", world_size=2)
+    for m in ("image", "text"):
+        np.testing.assert_allclose(saved[m].numpy(), full[m], rtol=1e-4, atol=1e-5)
+
+    # A damaged shard of a finished cache is refused, naming it.
+    shard = folder / "items-000001.tar"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:100] + b"\xff" * 50 + original[150:])
+    proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets, "--set", "stage2.output=damaged")
+    assert proc.returncode != 0
+    assert "layer cache found" in proc.stderr and "items-000001.tar: sha256" in proc.stderr
+
+    # After a kill mid-build (no cache.json, one shard cut short, one never written) the next run encodes
+    # what is missing, keeps what is whole, and ends with the same cache.
+    (folder / "cache.json").unlink()
+    shard.write_bytes(original[: len(original) // 2])
+    (folder / "items-000002.tar").unlink()
+    proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets, "--set", "stage2.output=resumed")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "items-000001.tar: an unfinished cache shard" in proc.stderr
+    assert json.loads((folder / "cache.json").read_text())["shards"] == meta["shards"]
