@@ -7,11 +7,12 @@
 #      its metrics are compared with the same command's CPU run (benchmarks/gpu/reference-cpu.json);
 #   2. `ptmrec stage1` + `ptmrec stage2` on Amazon Clothing (configs/amazon-clothing-gpu.yaml);
 #   3. benchmarks/gpu/step.py: the real stage-2 step against the bare adapted encoder, frozen extraction
-#      and the loader's decode rate, against the H100 anchors.
+#      and the loader's decode rate, against the H100 anchors;
+#   4. benchmarks/layer_cache.py at ViT-B/16 shapes, LoRA in the top 4 of 12 layers (target speedup >= 3).
 #
 # Prepare here:  bash benchmarks/gpu/make_carry.sh      (.gpu_carry/: wheelhouse, MiniLM, prepared data; 61 MiB)
 # Run there:     the device tool, command "bash benchmarks/gpu/check.sh", carry [".gpu_carry"], timeout 540
-# Results come back under $OUT: check.log, metrics-*.json, step.json.
+# Results come back under $OUT: check.log, metrics-*.json, step.json, layer_cache.txt.
 # Rehearse it on a CPU first (same steps, the `cpu` profile, 2 epochs, tiny benchmark shapes, .venv):
 #   REHEARSAL=1 bash benchmarks/gpu/check.sh
 set -uo pipefail
@@ -26,8 +27,10 @@ stamp() { echo "== [$((SECONDS - t0)) s] $*"; }
 if [ "${REHEARSAL:-0}" = 1 ]; then
     PY=.venv/bin/python PROFILE=cpu SHORT=(--set stage1.epochs=2 --set stage2.epochs=1) STEP=(--tiny)
     EPOCHS1=2 EPOCHS2=1 SLOW=8  # 2 CPU cores: a Clothing stage-2 pass takes minutes, not seconds
+    LAYERS=(--encoder tiny-clip --image-size 32 --max-text-len 16 --items 64 --top-layers 1)
 else
     PY=python3 PROFILE=gpu SHORT=() STEP=() EPOCHS1=40 EPOCHS2=3 SLOW=1
+    LAYERS=(--encoder vit-b16 --top-layers 4 --items 1024 --items-per-step 256)
     stamp "install the carried wheelhouse"
     bash "$CARRY/wheelhouse/install.sh" /tmp/site >"$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
     export PYTHONPATH=/tmp/site:$PWD
@@ -65,6 +68,9 @@ for s in stage1 stage2; do cp runs/gpu-clothing/$s/metrics.json "$OUT/metrics-cl
 
 stamp "3. step benchmark"
 timeout $((110 * SLOW)) $PY benchmarks/gpu/step.py "${STEP[@]}" --shards "file://$CARRY/hm-sample" --loader-workers 6,12 --out "$OUT/step.json" || status=1
+
+stamp "4. layer cache benchmark"
+timeout $((60 * SLOW)) $PY benchmarks/layer_cache.py "${LAYERS[@]}" | tee "$OUT/layer_cache.txt" || status=1
 
 stamp "done (status $status)"
 exit $status

@@ -107,23 +107,35 @@ def ensure_layer_cache(cfg: Config, adapter: str, num_workers: int, cpus_per_wor
         return cache
 
     start = time.perf_counter()
-    sources = [(url, sha, join(uri, posixpath.basename(url)), count) for (url, sha), count in
-               zip(shard_hashes(manifest, cfg.data.uri, "items").items(),
-                   shard_counts(manifest, cfg.data.uri, "items").values())]
+    sources = cache_sources(cfg, manifest, uri)
     workers = max(1, min(num_workers, len(sources)))
     task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if cfg.ray.use_gpu else 0)(build_cache_shards)
     parts = ray.get([task.remote(cfg, adapter, sources[rank::workers], rank, progress) for rank in range(workers)])
-    by_name = {e["name"]: e for part in parts for e in part}
-    entries = [by_name[posixpath.basename(target)] for _, _, target, _ in sources]
-    build_s = time.perf_counter() - start
-    meta = {"frozen_layers": frozen, "dtype": cache_dtype(cfg), "encoder": cfg.encoder.name,
-            "num_items": manifest["num_items"], "shards": {"items": entries}, "build_s": round(build_s, 2),
-            "items_per_s": round(manifest["num_items"] / build_s, 1)}
-    storage.write_text(join(uri, META), json.dumps(meta, indent=2) + "\n")  # last: the commit marker
-    cache = LayerCache(uri, frozen, meta["dtype"], meta)
+    cache = finish_cache(cfg, storage, uri, frozen, sources, [e for part in parts for e in part],
+                         time.perf_counter() - start)
     log.info("built the layer cache of %d items in %.1f s (%.0f items/s, %d workers): %s → %s",
-             manifest["num_items"], build_s, manifest["num_items"] / build_s, workers, _describe(cache), uri)
+             cache.meta["num_items"], cache.meta["build_s"], cache.meta["items_per_s"], workers, _describe(cache), uri)
     return cache
+
+
+def cache_sources(cfg: Config, manifest: dict, uri: str) -> list[tuple[str, str, str, int]]:
+    """(item shard URL, its sha256, cache shard URL, items) for every item shard: the build's work list."""
+    return [(url, sha, join(uri, posixpath.basename(url)), count) for (url, sha), count in
+            zip(shard_hashes(manifest, cfg.data.uri, "items").items(),
+                shard_counts(manifest, cfg.data.uri, "items").values())]
+
+
+def finish_cache(cfg: Config, storage: Storage, uri: str, frozen: dict[str, int], sources: list, entries: list[dict],
+                 build_s: float) -> LayerCache:
+    """Write `cache.json` (the commit marker) over the built shards' entries, in the item shards' order."""
+    by_name = {e["name"]: e for e in entries}
+    ordered = [by_name[posixpath.basename(target)] for _, _, target, _ in sources]
+    num_items = sum(e["count"] for e in ordered)
+    meta = {"frozen_layers": frozen, "dtype": cache_dtype(cfg), "encoder": cfg.encoder.name, "num_items": num_items,
+            "shards": {"items": ordered}, "build_s": round(build_s, 2),
+            "items_per_s": round(num_items / max(build_s, 1e-9), 1)}
+    storage.write_text(join(uri, META), json.dumps(meta, indent=2) + "\n")
+    return LayerCache(uri, frozen, meta["dtype"], meta)
 
 
 def load_layer_cache(storage: Storage, uri: str) -> LayerCache:

@@ -64,3 +64,45 @@ def test_layer_cache_trains_on_the_full_features_and_is_reused_refused_and_resum
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "items-000001.tar: an unfinished cache shard" in proc.stderr
     assert json.loads((folder / "cache.json").read_text())["shards"] == meta["shards"]
+
+
+def test_cache_shards_are_written_to_and_streamed_from_s3(repo, s3_server, s3_storage, monkeypatch):
+    """The build's task and the stage's reader against the local S3 server: shards written there, read back
+    hash-checked and split over 2 ranks to the full encoder's features; a missing shard is rebuilt alone."""
+    import torch
+
+    from ptmrec.config import load_config
+    from ptmrec.data.prepare import prepare
+    from ptmrec.data.shards import load_manifest
+    from ptmrec.stages.common import build_configured_encoder
+    from ptmrec.stages.features import encode_items
+    from ptmrec.stages.layer_cache import build_cache_shards, cache_dir, cache_sources, finish_cache
+
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")  # credentials come from the environment, never the config
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    b = s3_storage.bucket
+    cfg = load_config("configs/smoke.yaml", [f"data.uri=s3://{b}/data", f"run.uri=s3://{b}/run",
+                                             f"storage.endpoint_url={s3_server.endpoint_url}",
+                                             "stage2.adapter={name: lora, rank: 4, top_layers: 1}"])
+    prepare(cfg, progress=False)
+    manifest = load_manifest(s3_storage, cfg.data.uri)
+    encoder = build_configured_encoder(cfg, manifest["modalities"], "lora").eval()
+    frozen = encoder.applied_adapter.frozen_layers
+    uri = cache_dir(cfg, manifest, frozen)
+    assert uri.startswith(f"s3://{b}/run/features/layers-image1-text1/")
+    sources = cache_sources(cfg, manifest, uri)
+    entries = build_cache_shards(cfg, "lora", sources, progress=False)
+    assert sorted(s3_storage.list(uri)) == ["items-000000.tar", "items-000001.tar", "items-000002.tar"]
+
+    s3_storage.delete(sources[1][2])  # as after a kill: the others are kept, this one is encoded again
+    assert build_cache_shards(cfg, "lora", sources, progress=False) == entries
+    cache = finish_cache(cfg, s3_storage, uri, frozen, sources, entries, build_s=1.0)
+
+    with torch.no_grad():
+        full = {r: encode_items(cfg, r, 2, encoder=encoder, progress=False) for r in range(2)}
+        cached = {r: encode_items(cfg, r, 2, encoder=encoder, progress=False, cache=cache) for r in range(2)}
+    for r in range(2):
+        assert cached[r][0].tolist() == full[r][0].tolist()  # the same items per rank
+        for m in ("image", "text"):
+            np.testing.assert_allclose(cached[r][1][m], full[r][1][m], rtol=1e-5, atol=1e-6)
