@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "stage2.adapter.name into the encoders and tune it (and the recommender, at "
                        "stage2.recommender_lr) with BPR + stage2.kt.weight x KT on item-centric batches; re-encode the "
                        "catalogue each epoch and evaluate as stage 1. stage2.mode picks the paper's comparisons: "
-                       "ptmrec | no_kt | joint | full_finetune. Writes <run.uri>/stage2[-mode]/ and report.md/png.")
+                       "ptmrec | no_kt | joint | full_finetune. Writes <run.uri>/stage2[-mode]/ and report.md/png. "
+                       "With stage2.adapter.top_layers=k and stage2.layer_cache=true, the frozen layers below the "
+                       "adapter run once per item into <run.uri>/features/layers-*/ (reused while encoder, "
+                       "placement and data hold) and every step runs only the top k layers.")
     _add_config_args(p)
 
     p = sub.add_parser("compare", help="frozen baseline vs ptmrec vs no_kt vs joint (vs full_finetune) in one table",

@@ -157,6 +157,36 @@ class Storage:
     def write_text(self, uri: str, text: str) -> None:
         self.write_bytes(uri, text.encode("utf-8"))
 
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Write `data` to `uri` only if nothing is there, atomically (a conditional put on S3, a hard link of a
+        finished temporary file locally): True if this call created it, False if it existed."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            target = Path(loc.path)
+            tmp = target.parent / f".{target.name}{_TEMP_MARK}{secrets.token_hex(6)}"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                _fsync(str(tmp))
+                os.link(tmp, target)  # fails if the name exists: no reader ever sees a partial file
+                _fsync(str(target.parent))
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise _write_error(target, exc) from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._explain(exc, uri) from None
+
     def upload(self, local_path: str | Path, uri: str) -> None:
         """Copy a local file to `uri` atomically (multipart for large files on S3, which is atomic too)."""
         loc = parse_uri(uri)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ptmrec.config import Config, ConfigError
-from ptmrec.storage import join, parse_uri
+from ptmrec.storage import Storage, join, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,15 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
     )
     from ray.train import TrainingFailedError
 
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as exc:  # Ray 2.60 raises instead of returning result.error
-        raise RuntimeError(f"{stage} failed: {root_cause(exc)}") from None
+    from ptmrec.lease import RunLease
+
+    # One writer per stage folder and checkpoint folder: a second command on the same run and stage stops here.
+    lease = join(cfg.run.uri, "leases", f"{stage}.json")
+    with RunLease(Storage(cfg.storage), lease, what=f"{stage} of run {cfg.run.name}"):
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:  # Ray 2.60 raises instead of returning result.error
+            raise RuntimeError(f"{stage} failed: {root_cause(exc)}") from None
     if result.error:
         raise RuntimeError(f"{stage} failed: {root_cause(result.error)}")
 

@@ -94,3 +94,16 @@ def test_credentials_from_environment(s3_server, monkeypatch):
     st.ensure_bucket("s3://from-env")
     st.write_bytes("s3://from-env/k", b"v")
     assert st.read_bytes("s3://from-env/k") == b"v"
+
+
+def test_conditional_create_and_the_run_lease_on_s3(s3_storage):
+    from ptmrec.lease import RunLease, RunLeased
+
+    uri = f"s3://{s3_storage.bucket}/run/leases/stage1.json"
+    assert s3_storage.create_exclusive(uri, b"one") and not s3_storage.create_exclusive(uri, b"two")
+    assert s3_storage.read_bytes(uri) == b"one"
+    s3_storage.delete(uri)
+    with RunLease(s3_storage, uri, what="stage1 of run demo"):
+        with pytest.raises(RunLeased, match="stage1 of run demo is running on this run"):
+            RunLease(s3_storage, uri, what="stage1 of run demo").acquire()
+    assert not s3_storage.exists(uri)
