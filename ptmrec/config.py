@@ -202,7 +202,9 @@ class RaySection:
     # DataLoader processes per worker that decode, resize and tokenise items (out of its cpus_per_worker);
     # 0 does it in the training process itself
     loader_workers: int = 0
-    max_failures: int = 0  # worker restarts from the latest checkpoint before the job fails
+    # restarts of the workers from the latest checkpoint after a transient failure (a worker process or node lost,
+    # storage unreachable); bad input and bugs fail at once
+    max_failures: int = 1
     # false: a stage asking for more CPUs/GPUs than the cluster has fails at once, naming both; true (an
     # autoscaling cluster that adds nodes on demand): it waits for them
     wait_for_resources: bool = False

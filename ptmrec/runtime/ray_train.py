@@ -66,48 +66,114 @@ def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
 def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, num_workers: int,
                 worker_config: dict, identity: Any, callbacks: Optional[list] = None) -> None:
     """Run `train_fn` on `num_workers` Ray Train workers (torch.distributed set up: gloo on CPU, NCCL on
-    GPU); raises if training failed after the allowed restarts.
+    GPU); raises `RuntimeError` with one line (the failing worker's own message) if training failed.
 
     `identity` is what makes two runs "the same training" (model, data, optimisation; not the epoch
     budget): its hash is part of the Ray run name, so a run started again with the same identity resumes
     from its latest checkpoint, and a changed one starts fresh instead of loading mismatched weights.
-    """
-    import hashlib
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    storage_path, filesystem = ray_storage(cfg)
+    Failures are classified here rather than by Ray (which would retry a bad shard or a bad value as often
+    as a lost worker): a transient one (a worker process or node lost, storage unreachable) restarts the
+    workers from the latest checkpoint, up to `ray.max_failures` times; any other fails at once.
+    """
+    from ptmrec.lease import RunLease
+
+    check_placement(cfg, stage, num_workers, _resources(cfg))
+    # One writer per stage folder and checkpoint folder: a second command on the same run and stage stops here.
+    lease = join(cfg.run.uri, "leases", f"{stage}.json")
+    with RunLease(Storage(cfg.storage), lease, what=f"{stage} of run {cfg.run.name}"):
+        for restart in range(cfg.ray.max_failures + 1):
+            error = _fit(train_fn, cfg, stage, num_workers, worker_config, identity, callbacks)
+            if error is None:
+                return
+            if not is_transient(error) or restart == cfg.ray.max_failures:
+                raise RuntimeError(f"{stage} failed: {root_cause(error)}")
+            log.warning("%s: %s: a transient failure; restarting the workers from the latest checkpoint "
+                        "(restart %d of ray.max_failures %d)", stage, root_cause(error), restart + 1,
+                        cfg.ray.max_failures)
+
+
+def _resources(cfg: Config) -> dict[str, float]:
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
-    check_placement(cfg, stage, num_workers, resources)
+    return resources
+
+
+def _fit(train_fn, cfg: Config, stage: str, num_workers: int, worker_config: dict, identity: Any,
+         callbacks: Optional[list]) -> Optional[BaseException]:
+    """One `TorchTrainer.fit` (resuming from the run's latest checkpoint, if any): None, or its error."""
+    import hashlib
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    storage_path, filesystem = ray_storage(cfg)
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config=worker_config,
+        train_loop_config={**worker_config, "ray_run_name": f"{cfg.run.name}-{stage}-{name}"},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=_resources(cfg)),
         run_config=RunConfig(
-            name=f"{cfg.run.name}-{stage}-{hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]}",
+            name=f"{cfg.run.name}-{stage}-{name}",
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            # Ray retries nothing itself (see run_trainer); its controller gets the same bound.
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
             callbacks=callbacks,
         ),
     )
-    from ray.train import TrainingFailedError
+    try:
+        return trainer.fit().error
+    except TrainingFailedError as exc:  # Ray 2.60 raises instead of returning result.error
+        return exc
 
-    from ptmrec.lease import RunLease
 
-    # One writer per stage folder and checkpoint folder: a second command on the same run and stage stops here.
-    lease = join(cfg.run.uri, "leases", f"{stage}.json")
-    with RunLease(Storage(cfg.storage), lease, what=f"{stage} of run {cfg.run.name}"):
-        try:
-            result = trainer.fit()
-        except TrainingFailedError as exc:  # Ray 2.60 raises instead of returning result.error
-            raise RuntimeError(f"{stage} failed: {root_cause(exc)}") from None
-    if result.error:
-        raise RuntimeError(f"{stage} failed: {root_cause(result.error)}")
+# Worker failures worth a restart: the process or its node went away, or storage could not be reached for longer
+# than its retries. Anything else (a bad value, a corrupt shard, a bug) would fail the same way again.
+_TRANSIENT_TYPES = ("ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
+                    "OwnerDiedError", "ObjectLostError", "RaySystemError", "PreemptionError")
+_TRANSIENT_TEXT = ("cannot reach the S3 endpoint", " attempts: ", "SlowDown", "ServiceUnavailable",
+                   "InternalError", "S3 error 500", "S3 error 502", "S3 error 503", "S3 error 504",
+                   "The actor died unexpectedly", "worker died", "node died", "was killed")
+
+
+# What the surviving workers see when a peer dies mid-collective: a consequence, never the cause.
+_COLLECTIVE_TEXT = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
+                    "NCCL communicator", "NCCL error")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed training is worth restarting from its checkpoint: every failing worker was lost or
+    only saw a peer's loss in a collective."""
+    errors = _errors(exc)
+    return bool(errors) and all(_transient(e) or _collective(e) for e in errors)
+
+
+def _errors(exc: BaseException) -> list[BaseException]:
+    failures = getattr(exc, "worker_failures", None)
+    return list(failures.values()) if failures else [getattr(exc, "controller_failure", None) or exc]
+
+
+def _collective(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(marker in text for marker in _COLLECTIVE_TEXT)
+
+
+def _transient(exc: BaseException) -> bool:
+    chain, seen = [exc], set()
+    while chain:
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ in _TRANSIENT_TYPES:
+            return True
+        chain += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = str(exc)
+    return any(marker in text for marker in _TRANSIENT_TEXT)
 
 
 def check_placement(cfg: Config, stage: str, num_workers: int, per_worker: dict[str, float]) -> None:
@@ -134,8 +200,9 @@ def root_cause(exc: BaseException) -> str:
     or shard), not Ray's wrapper and traceback."""
     failures = getattr(exc, "worker_failures", None)
     if failures:
-        rank = min(failures)
-        return f"rank {rank}: {_last_line(failures[rank])}"
+        # The first rank with an error of its own, not a collective that broke because a peer died.
+        causes = [r for r in sorted(failures) if not _collective(failures[r])] or sorted(failures)
+        return f"rank {causes[0]}: {_last_line(failures[causes[0]])}"
     cause = getattr(exc, "controller_failure", None)
     return _last_line(cause if cause is not None else exc)
 
@@ -180,16 +247,46 @@ def report(metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
 
 
 @contextmanager
-def latest_checkpoint() -> Iterator[Optional[Path]]:
-    """The directory of the checkpoint to resume from, or None on a fresh start."""
+def latest_checkpoint(config: dict) -> Iterator[Optional[Path]]:
+    """The directory of the checkpoint to resume from (a local copy), or None on a fresh start.
+
+    The latest *complete* checkpoint folder found on storage under this run's name, not only the one Ray's
+    own records hold: a worker killed right after persisting a checkpoint, before Ray registered it, leaves a
+    newer one there. Complete: rank 0's state.json and model states, and every rank's optimizer partition.
+    """
+    import pyarrow.fs
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    storage_path, fs = ray_storage(config["cfg"])
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    found = _complete_checkpoints(fs, f"{storage_path}/{config['ray_run_name']}", ray.train.get_context().get_world_size())
+    if not found:
         yield None
         return
-    with checkpoint.as_directory() as directory:
-        yield Path(directory)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        yield Path(found[-1])
+        return
+    with tempfile.TemporaryDirectory(prefix="ptmrec-restore-") as local:
+        pyarrow.fs.copy_files(found[-1], local, source_filesystem=fs)
+        yield Path(local)
+
+
+def _complete_checkpoints(fs, root: str, world_size: int) -> list[str]:
+    """The complete checkpoint folders under a Ray Train run folder, oldest first (Ray names them by time)."""
+    import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    folders = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                     and i.base_name.startswith("checkpoint_"))
+    complete = []
+    for folder in folders:
+        names = {i.path[len(folder) + 1:] for i in fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True))
+                 if i.type == pyarrow.fs.FileType.File}
+        partitions = [n for n in names if n.endswith("optim_states.pt")]
+        if ("state.json" in names and "deepspeed/step/mp_rank_00_model_states.pt" in names
+                and len(partitions) in (0, world_size)):
+            complete.append(folder)
+    return complete
 
 
 @contextmanager

@@ -148,7 +148,7 @@ def knowledge_worker(config: dict) -> None:
     engine = stage2_engine(student, cfg, settings, config["ds_config"], device, config["steps"])
 
     state, best = TrainState(), None  # best: rank 0's copy of the best epoch's adapters, recommender, features
-    with ray_train.latest_checkpoint() as restored:
+    with ray_train.latest_checkpoint(config) as restored:
         if restored is not None:
             state, best = restore_checkpoint(engine, restored, rank, exclude_frozen=True)
             log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)

@@ -88,7 +88,7 @@ def recommendation_worker(config: dict) -> None:
     engine = initialize_engine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
                                config["ds_config"], device)
     state, best_weights = TrainState(), None  # best_weights: rank 0's copy of the best epoch's model
-    with ray_train.latest_checkpoint() as restored:
+    with ray_train.latest_checkpoint(config) as restored:
         if restored is not None:
             state, best_weights = restore_checkpoint(engine, restored, rank)
             log.info("rank %d: resumed from the checkpoint after epoch %d", rank, state.epoch)

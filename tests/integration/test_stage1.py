@@ -97,6 +97,35 @@ def test_interrupted_run_resumes_from_its_checkpoint(repo, smoke_data, tmp_path)
     assert "resumed from the checkpoint" in proc.stderr
 
 
+def test_a_worker_killed_mid_stage_is_restarted_from_the_checkpoint(repo, smoke_data, tmp_path):
+    """kill -9 of one Ray Train worker: a transient failure, so the stage restarts its workers from the latest
+    checkpoint (ray.max_failures, 1 by default) and finishes, in the same command."""
+    import psutil
+
+    run = tmp_path / "run"
+    args = ["stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}",
+            "--set", "recommender.name=bpr", "--set", "stage1.patience=1000", "--set", "stage1.epochs=60"]
+    proc = subprocess.Popen([sys.executable, "-m", "ptmrec.cli", *args], cwd=repo, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((run / "ray").glob("*/checkpoint_*/state.json")):
+            assert proc.poll() is None, "the stage ended before its first checkpoint"
+            time.sleep(0.2)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "RayTrainWorker" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        workers[1].kill()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "a transient failure; restarting the workers from the latest checkpoint (restart 1 of" in err
+    metrics = json.loads((run / "stage1" / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] >= 1 and metrics["epochs_run"] == 60
+
+
 def check_export(cfg, folder) -> None:
     import numpy as np
     import pyarrow.parquet as pq

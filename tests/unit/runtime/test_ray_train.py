@@ -31,3 +31,72 @@ def test_workers_that_can_never_be_placed_fail_at_once(monkeypatch, repo, caplog
     cfg.ray.wait_for_resources = True  # an autoscaling cluster: wait, with a warning
     check_placement(cfg, "stage2", 2, {"CPU": 2.0})
     assert "waiting for the cluster to grow" in caplog.text
+
+
+# --- failure classification: transient failures restart from the checkpoint, the rest fail at once -----------
+
+
+class ActorDiedError(Exception):
+    """Named as Ray's: a worker process that died."""
+
+
+class FakeFailure(Exception):
+    def __init__(self, failures):
+        super().__init__("Training failed")
+        self.worker_failures = failures
+
+
+def test_a_lost_worker_or_unreachable_storage_is_transient():
+    from ptmrec.runtime.ray_train import is_transient
+    from ptmrec.storage import StorageError
+
+    assert is_transient(FakeFailure({1: ActorDiedError("The actor died unexpectedly before finishing this task.")}))
+    wrapped = RuntimeError("task failed")
+    wrapped.cause = ActorDiedError("gone")
+    assert is_transient(FakeFailure({0: wrapped}))
+    assert is_transient(FakeFailure({0: StorageError("s3://b/x.tar: cannot reach the S3 endpoint http://h: timeout")}))
+    assert is_transient(FakeFailure({0: StorageError("s3://b/x.tar: read failed after 5 attempts: reset")}))
+
+
+def test_bad_input_and_bugs_are_not_retried():
+    from ptmrec.data.stream import ShardError
+    from ptmrec.runtime.ray_train import is_transient
+
+    assert not is_transient(FakeFailure({0: ShardError("x/items-000000.tar: sha256 1234… differs from the manifest's")}))
+    assert not is_transient(FakeFailure({0: ValueError("stage2.lr must be positive")}))
+    # one worker lost while another hit a bad shard: the shard would fail again
+    assert not is_transient(FakeFailure({0: ActorDiedError("x"), 1: ShardError("bad")}))
+
+
+def test_a_peer_broken_collective_is_the_lost_workers_failure_and_names_it():
+    from ptmrec.runtime.ray_train import is_transient, root_cause
+
+    broken = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:63685: Connection reset by peer.")
+    failure = FakeFailure({0: broken, 1: ActorDiedError("The actor died unexpectedly before finishing this task.")})
+    assert is_transient(failure)
+    assert root_cause(failure) == "rank 1: The actor died unexpectedly before finishing this task."
+
+
+def test_the_latest_complete_checkpoint_is_found_on_storage(tmp_path):
+    import pyarrow.fs
+
+    from ptmrec.runtime.ray_train import _complete_checkpoints
+
+    def checkpoint(name, ranks, state=True):
+        step = tmp_path / name / "deepspeed" / "step"
+        step.mkdir(parents=True)
+        (step / "mp_rank_00_model_states.pt").write_bytes(b"m")
+        for r in ranks:
+            (step / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"o")
+        if state:
+            (tmp_path / name / "state.json").write_text("{}")
+
+    checkpoint("checkpoint_2026-12-01_10-00-00.000001", [0, 1])
+    checkpoint("checkpoint_2026-12-01_10-00-05.000001", [0, 1])  # newest complete
+    checkpoint("checkpoint_2026-12-01_10-00-09.000001", [0])  # rank 1's partition never persisted
+    checkpoint("checkpoint_2026-12-01_10-00-12.000001", [0, 1], state=False)  # rank 0 killed mid-write
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")
+    found = _complete_checkpoints(pyarrow.fs.LocalFileSystem(), str(tmp_path), world_size=2)
+    assert [p.rsplit("/", 1)[1] for p in found] == ["checkpoint_2026-12-01_10-00-00.000001",
+                                                    "checkpoint_2026-12-01_10-00-05.000001"]
+    assert _complete_checkpoints(pyarrow.fs.LocalFileSystem(), str(tmp_path / "none"), world_size=2) == []
