@@ -204,6 +204,34 @@ class Storage:
             return
         self._call(uri, lambda c: c.delete_object(Bucket=loc.bucket, Key=loc.key))
 
+    def clean_leftovers(self, uri: str, older_than_s: float = 3600.0) -> int:
+        """Remove what killed writes left under `uri` at least `older_than_s` ago: temporary files of local atomic
+        writes, and on S3 multipart uploads never completed (which the bucket keeps, and bills, until aborted).
+        Returns how many were removed."""
+        loc = parse_uri(uri)
+        cutoff = time.time() - older_than_s
+        removed = 0
+        if loc.scheme == "file":
+            for folder, _, files in os.walk(loc.path):
+                for name in files:
+                    path = Path(folder) / name
+                    try:
+                        if _is_temp_name(name) and path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+                    except FileNotFoundError:  # its writer finished or cleaned it meanwhile
+                        pass
+            return removed
+        prefix = f"{loc.key}/" if loc.key else ""
+        pages = self.client().get_paginator("list_multipart_uploads").paginate(Bucket=loc.bucket, Prefix=prefix)
+        for page in self._call(uri, lambda c: list(pages)):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff:
+                    self._call(uri, lambda c: c.abort_multipart_upload(Bucket=loc.bucket, Key=upload["Key"],
+                                                                        UploadId=upload["UploadId"]))
+                    removed += 1
+        return removed
+
     def ensure_bucket(self, uri: str) -> None:
         """Create the bucket of an s3:// URI if it does not exist (local servers for demos and tests)."""
         loc = parse_uri(uri)

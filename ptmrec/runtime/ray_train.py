@@ -81,7 +81,12 @@ def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, nu
     check_placement(cfg, stage, num_workers, _resources(cfg))
     # One writer per stage folder and checkpoint folder: a second command on the same run and stage stops here.
     lease = join(cfg.run.uri, "leases", f"{stage}.json")
-    with RunLease(Storage(cfg.storage), lease, what=f"{stage} of run {cfg.run.name}"):
+    storage = Storage(cfg.storage)
+    with RunLease(storage, lease, what=f"{stage} of run {cfg.run.name}"):
+        removed = storage.clean_leftovers(cfg.run.uri)
+        if removed:
+            log.info("%s: removed %d leftovers of interrupted writes (temporary files, unfinished uploads) under %s",
+                     stage, removed, cfg.run.uri)
         for restart in range(cfg.ray.max_failures + 1):
             error = _fit(train_fn, cfg, stage, num_workers, worker_config, identity, callbacks)
             if error is None:

@@ -96,3 +96,22 @@ def test_a_failed_local_write_is_one_line_and_replaces_nothing(tmp_path, monkeyp
     blocked.write_text("x")
     with pytest.raises(StorageError, match="cannot write"):
         Storage().write_text(str(blocked / "sub" / "metrics.json"), "new")  # a file where a folder must be
+
+
+def test_leftovers_of_killed_writes_are_cleaned_once_old(tmp_path):
+    import os
+    import time
+
+    from ptmrec.storage import Storage
+
+    old = tmp_path / "stage1" / ".metrics.json.tmp-0123456789ab"
+    fresh = tmp_path / "features" / ".meta.json.tmp-ba9876543210"
+    kept = tmp_path / "stage1" / "metrics.json"
+    for path in (old, fresh, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(kept, (hours_ago, hours_ago))
+    assert Storage().clean_leftovers(str(tmp_path), older_than_s=3600) == 1
+    assert not old.exists() and fresh.exists() and kept.exists()  # a write in progress is left alone
