@@ -12,10 +12,30 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+def run_watching_ps(args, cwd, env, out_dir, secret: str, timeout: float) -> tuple[int, str, str, list[str]]:
+    """Run a command to its end, sampling every process's command line twice a second: (exit status, stdout,
+    stderr, the command lines that held `secret`)."""
+    import time
+
+    with open(out_dir / "stdout", "w") as out, open(out_dir / "stderr", "w") as err:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        leaked, deadline = [], time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            leaked += [line for line in ps.splitlines() if secret in line]
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return proc.returncode, (out_dir / "stdout").read_text(), (out_dir / "stderr").read_text(), leaked
+
+
 def test_pipeline_through_ray_job_submit_on_s3(repo, s3_server, tmp_path):
     bucket = f"e2e-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, **s3_server.env(), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-           "WANDB_MODE": "disabled", "PTMREC_TRACEBACK": "1"}
+    # A secret no output may hold: not a command line (ps), the pipeline's output, or any object it wrote.
+    secret = f"SENTINEL{uuid.uuid4().hex}"
+    env = {**os.environ, **s3_server.env(), "AWS_SECRET_ACCESS_KEY": secret, "HF_HUB_OFFLINE": "1",
+           "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled", "PTMREC_TRACEBACK": "1"}
     from ptmrec.config import StorageConfig
     from ptmrec.storage import Storage
 
@@ -24,9 +44,10 @@ def test_pipeline_through_ray_job_submit_on_s3(repo, s3_server, tmp_path):
     args = [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml",
             "--set", f"run.uri=s3://{bucket}/runs/smoke", "--set", f"data.uri=s3://{bucket}/data/smoke",
             "--set", "stage1.epochs=2", "--set", "stage2.epochs=1"]
-    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
+    code, stdout, stderr, leaked = run_watching_ps(args, repo, env, tmp_path, secret, timeout=1200)
+    out = stdout + stderr
+    assert code == 0, out[-5000:]
+    assert leaked == [] and secret not in out
     for job in ("prepare", "stage1", "stage2"):
         assert f"== {job}: ray job submit --address http://127.0.0.1:" in out
         assert f"== {job}: done in" in out
@@ -37,7 +58,12 @@ def test_pipeline_through_ray_job_submit_on_s3(repo, s3_server, tmp_path):
     # Ray Train's checkpoints went to the same S3 server
     keys = [o["Key"] for o in storage.client().list_objects_v2(Bucket=bucket, Prefix="runs/smoke/ray/")["Contents"]]
     assert any("/checkpoint_" in k and k.endswith("state.json") for k in keys)
-    assert "| frozen (vbpr)" in proc.stdout and "| ptmrec (vbpr, prompt)" in proc.stdout
+    assert "| frozen (vbpr)" in stdout and "| ptmrec (vbpr, prompt)" in stdout
+    every_key = [o["Key"] for page in storage.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                 for o in page.get("Contents", [])]
+    # (read with the client: pyarrow leaves folder markers such as "runs/", which are not URIs of ours)
+    assert not [k for k in every_key
+                if secret.encode() in storage.client().get_object(Bucket=bucket, Key=k)["Body"].read()]
 
     # a second run finds every stage done and submits nothing
     again = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
