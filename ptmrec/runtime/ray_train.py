@@ -114,14 +114,15 @@ def _fit(train_fn, cfg: Config, stage: str, num_workers: int, worker_config: dic
     from ray.train.torch import TorchTrainer
 
     storage_path, filesystem = ray_storage(cfg)
-    name = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    run_name = f"{cfg.run.name}-{stage}-{key}"
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={**worker_config, "ray_run_name": f"{cfg.run.name}-{stage}-{name}"},
+        train_loop_config={**worker_config, "ray_run_name": run_name},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=_resources(cfg)),
         run_config=RunConfig(
-            name=f"{cfg.run.name}-{stage}-{name}",
+            name=run_name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             # Ray retries nothing itself (see run_trainer); its controller gets the same bound.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import posixpath
@@ -232,8 +233,6 @@ def item_samples(items: list[int], states: dict[str, TowerState],
 
 
 def _npy(tensor: torch.Tensor) -> bytes:
-    import io
-
     # numpy has no bfloat16: its bits travel as int16 and are viewed back on reading.
     array = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
     buf = io.BytesIO()
@@ -257,8 +256,6 @@ def cache_pipeline(cache: LayerCache, storage: Storage, **kwargs):
 
 def decode_sample(sample: dict, dtype: str, modalities: tuple[str, ...]) -> dict:
     """Pipeline stage: a cache sample's files → {"item", "states": {modality: (Tensor, pool position or None)}}."""
-    import io
-
     url = sample.get("__url__", "?")
     try:
         meta = json.loads(sample["json"])
