@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from ptmrec.config import ConfigError, load_config
+from ptmrec.config import ConfigError, InputError, load_config
 
 EPILOG = """\
 Every run is described by one YAML config (see configs/); any key can be overridden:
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"ptmrec: config error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"ptmrec {args.command}: bad input: {exc}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as exc:
         # Our own errors name the file, key or shard; a traceback would only bury that line.

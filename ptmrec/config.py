@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names file and key."""
 
 
+class InputError(ValueError):
+    """Input data that cannot be used as it is (empty, malformed); the message names the file and row. Like a
+    config error, a user's to fix, not a run to retry: commands exit with status 2."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Sections
 
@@ -47,8 +52,12 @@ class StorageConfig:
     # never from a config file: configs are printed, logged and sent to W&B. Code may still pass them here.
     access_key_id: Optional[str] = field(default=None, repr=False, metadata={"internal": True})
     secret_access_key: Optional[str] = field(default=None, repr=False, metadata={"internal": True})
-    max_attempts: int = 5  # retries of transient errors, with exponential backoff
+    max_attempts: int = 5  # retries of one failed request, with exponential backoff
     connect_timeout_s: float = 5.0
+    # How long an endpoint that has answered before may stay unavailable (5xx, throttling, lost connections, cut
+    # bodies) before a read or write fails: an outage shorter than this only pauses the run. An endpoint that
+    # never answered fails at once (a wrong URL or a server that is not up is not an outage).
+    outage_budget_s: float = 300.0
 
 
 @dataclass

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Optional
 
-from ptmrec.storage import Storage, StorageError
+from ptmrec.storage import NotFound, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,12 @@ class RunLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._holder() == self.owner:
-            self.storage.delete(self.uri)
+        try:
+            if self._holder() == self.owner:
+                self.storage.delete(self.uri)
+        except StorageError as err:  # storage gone for longer than its budget: the lease lapses on its own
+            log.warning("%s: could not release the lease (%s); it lapses %.0f s after its last heartbeat", self.uri,
+                        err, self.stale_s)
         return False
 
     def acquire(self) -> None:
@@ -89,7 +93,7 @@ class RunLease:
     def _read(self) -> Optional[dict]:
         try:
             return json.loads(self.storage.read_bytes(self.uri))
-        except StorageError:  # gone since
+        except NotFound:  # gone since (any other storage error is raised: an outage is not a lost lease)
             return None
         except ValueError:  # unreadable: treat as held just now, so a live writer is never displaced
             return {"heartbeat": time.time()}

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Optional
 
 from ptmrec.config import Config, pinned_overrides
+from ptmrec.lease import RunLease
 from ptmrec.runtime.local_ray import ray_command
+from ptmrec.runtime.local_s3 import die_with_parent
 from ptmrec.storage import Storage, join, parse_uri
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
                 storage.ensure_bucket(uri)
             env_vars.update({k: v for k, v in s3.env().items() if k not in SECRET_ENV})  # the cluster inherits those
             log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
+        # One pipeline per run URI: a second one would submit the same jobs against the same folders.
+        stack.enter_context(RunLease(storage, join(cfg.run.uri, "leases", "pipeline.json"),
+                                     what=f"the pipeline of run {cfg.run.name}"))
         pending = []
         for job in JOBS:
             marker, done = finished(storage, cfg, job)
@@ -191,7 +196,7 @@ def submit(job: Job, address: str, python: str, config_path: str, overrides: lis
     hidden = 0
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace") as proc:
+                          errors="replace", preexec_fn=die_with_parent) as proc:
         try:
             for line in proc.stdout:
                 keep = line.rstrip("\n") if verbose else shown(line)

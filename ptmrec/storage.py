@@ -10,15 +10,18 @@ Jobs hand over artifacts only through URIs, so every reader and writer in PTMRec
   clients must not cross a fork (Ray and DataLoader workers fork), so a `Storage` that arrives in another
   process (pickled or forked) makes its own.
 - Transient S3 errors are retried with exponential backoff (botocore's "standard" retry mode, plus our own
-  retry around streaming body reads, which botocore does not retry). A missing bucket, wrong credentials
-  or an unreachable endpoint raise `StorageError` with one clear line.
+  retry around streaming body reads, which botocore does not retry). Once an endpoint has answered, an
+  outage (5xx, throttling, lost connections) is waited out for up to `storage.outage_budget_s` before a
+  call fails. A missing bucket, wrong credentials or an endpoint that never answered raise `StorageError`
+  with one clear line at once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import random
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,10 +31,15 @@ from typing import Callable, Optional, TypeVar
 from ptmrec.config import StorageConfig
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
     """An artifact could not be read or written; the message names the URI and the cause."""
+
+
+class NotFound(StorageError):
+    """There is no object at the URI (the storage answered; nothing is wrong with it)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Storage:
         self.options = options or StorageConfig()
         self._client = None
         self._client_pid: Optional[int] = None
+        self._answered = False  # the endpoint has answered this object once: later failures may be outages
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -95,7 +104,7 @@ class Storage:
             try:
                 return Path(loc.path).read_bytes()
             except FileNotFoundError:
-                raise StorageError(f"{uri}: not found") from None
+                raise NotFound(f"{uri}: not found") from None
         return self._retry(lambda: self._get_object(loc, uri).read(), uri, "read")
 
     def read_text(self, uri: str) -> str:
@@ -281,47 +290,99 @@ class Storage:
         """
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        try:
-            return fn(self.client())
-        except ClientError as exc:
-            if missing_ok and _error_code(exc) in ("404", "NotFound", "NoSuchKey"):
-                return None
-            raise self._explain(exc, uri) from None
-        except NoCredentialsError:
-            raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
-                               "environment (or mount the cluster's Secret)") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"{uri}: cannot reach the S3 endpoint {self.client().meta.endpoint_url}: {exc}") from None
+        outage = _Outage(self, uri)
+        while True:
+            try:
+                out = fn(self.client())
+                self._answered = True
+                return out
+            except ClientError as exc:
+                if missing_ok and _error_code(exc) in ("404", "NotFound", "NoSuchKey"):
+                    self._answered = True
+                    return None
+                if _error_code(exc) in _UNAVAILABLE and outage.wait(exc):
+                    continue
+                raise self._explain(exc, uri, outage) from None
+            except NoCredentialsError:
+                raise StorageError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in "
+                                   "the environment (or mount the cluster's Secret)") from None
+            except BotoCoreError as exc:
+                if outage.wait(exc):
+                    continue
+                raise StorageError(f"{uri}: cannot reach the S3 endpoint {self.client().meta.endpoint_url}"
+                                   f"{outage.spent()}: {exc}") from None
 
     def _retry(self, fn: Callable[[], T], uri: str, what: str) -> T:
-        """Retry a streaming read that broke off mid-body (botocore retries only the request itself)."""
+        """Retry a streaming read that broke off mid-body (botocore retries only the request itself):
+        `max_attempts` times, and then for as long as the outage budget allows."""
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import IncompleteReadError, ResponseStreamingError
 
         attempts = max(1, self.options.max_attempts)
-        for attempt in range(attempts):
+        outage = _Outage(self, uri)
+        attempt = 0
+        while True:
             try:
                 return fn()
             except (IncompleteReadError, ResponseStreamingError, BotoConnectionError, ConnectionError) as exc:
-                if attempt == attempts - 1:
-                    raise StorageError(f"{uri}: {what} failed after {attempts} attempts: {exc}") from None
-                time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+                attempt += 1
+                if attempt < attempts:
+                    time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+                elif not outage.wait(exc):
+                    raise StorageError(f"{uri}: {what} failed after {attempt} attempts{outage.spent()}: {exc}") from None
 
-    def _explain(self, exc, uri: str) -> StorageError:
+    def _explain(self, exc, uri: str, outage: Optional["_Outage"] = None) -> StorageError:
         code = _error_code(exc)
         endpoint = self.client().meta.endpoint_url
         if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and "HeadBucket" in str(exc)):
             return StorageError(f"{uri}: bucket does not exist at {endpoint}")
         if code == "NoSuchKey":
-            return StorageError(f"{uri}: not found")
+            return NotFound(f"{uri}: not found")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
             return StorageError(f"{uri}: access denied by {endpoint} ({code}): check the S3 credentials")
-        return StorageError(f"{uri}: S3 error {code} from {endpoint}: {exc}")
+        return StorageError(f"{uri}: S3 error {code} from {endpoint}{outage.spent() if outage else ''}: {exc}")
 
 
 def _error_code(exc) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+# Answers of a server that is there but cannot serve now (overloaded, restarting, behind a failing balancer).
+_UNAVAILABLE = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+                "RequestLimitExceeded", "500", "502", "503", "504")
+
+
+class _Outage:
+    """The outage budget of one call: `wait()` sleeps and returns True while an endpoint that has answered
+    before stays unavailable for less than `storage.outage_budget_s`, else returns False."""
+
+    def __init__(self, storage: Storage, uri: str) -> None:
+        self.storage, self.uri = storage, uri
+        self.called = time.monotonic()  # the outage began at the latest when the call did (botocore retried first)
+        self.started: Optional[float] = None
+        self.waits = 0
+
+    def wait(self, cause: BaseException) -> bool:
+        budget = self.storage.options.outage_budget_s
+        if not self.storage._answered or budget <= 0:
+            return False
+        now = time.monotonic()
+        if self.started is None:
+            self.started = self.called
+            log.warning("%s: S3 endpoint unavailable (%s); retrying for up to %.0f s (storage.outage_budget_s)",
+                        self.uri, _error_code(cause) or type(cause).__name__, budget)
+        left = budget - (now - self.started)
+        if left <= 0:
+            return False
+        time.sleep(min(left, 10.0, 0.5 * 2**self.waits) * (0.75 + 0.5 * random.random()))
+        self.waits += 1
+        return True
+
+    def spent(self) -> str:
+        """" (unavailable for N s …)" once the budget was used, for the error line."""
+        if self.started is None:
+            return ""
+        return f" (unavailable for {time.monotonic() - self.started:.0f} s, storage.outage_budget_s)"
 
 
 _TEMP_MARK = ".tmp-"

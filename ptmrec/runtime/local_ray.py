@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Optional
 
 from ptmrec.runtime.local_s3 import die_with_parent, free_port, stop_process
@@ -22,6 +23,35 @@ def ray_command() -> list[str]:
     """The `ray` CLI of this interpreter's Ray, as a command. Through `-m`, not the `ray` script beside the
     interpreter: a Ray installed with `pip --target` (an offline wheelhouse) has its script elsewhere."""
     return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+TEMP_PREFIX = "ptmrec-ray-"
+
+
+def remove_orphaned_sessions() -> list[str]:
+    """Remove the session folders (logs, sockets, spilled objects) of local clusters whose head no longer runs:
+    a SIGKILLed pipeline takes its cluster down (`die_with_parent`) but cannot remove the folder. A folder is
+    orphaned when no running process has it on its command line (the head is started with `--temp-dir`).
+    Linux only (it reads /proc); returns the folders removed."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    ours = sorted(Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"))
+    if not ours:
+        return []
+    in_use = set()
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        in_use.update(a.decode(errors="replace") for a in args if TEMP_PREFIX.encode() in a)
+    removed = []
+    for folder in ours:
+        if not any(str(folder) in arg for arg in in_use) and time.time() - folder.stat().st_mtime > 10:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed
 
 
 class LocalRayCluster:
@@ -44,7 +74,8 @@ class LocalRayCluster:
         return {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
 
     def start(self, timeout_s: float = 120.0) -> "LocalRayCluster":
-        self.temp_dir = tempfile.mkdtemp(prefix="ptmrec-ray-")
+        remove_orphaned_sessions()
+        self.temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL

@@ -26,15 +26,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for servers we start: the kernel sends them SIGTERM when the process that started them
-    dies, even by SIGKILL, so a killed pipeline leaves no S3 server or Ray head behind (Linux; a no-op
-    elsewhere)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+
+# Resolved here, not in the child: between fork and exec only async-signal-safe work is safe, and an import
+# there can deadlock on a lock another thread (a lease heartbeat, a log handler) held at the fork.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for processes we start: the kernel sends them SIGTERM when the process that started them
+    dies, even by SIGKILL, so a killed pipeline leaves no S3 server, Ray head or `ray job submit` behind
+    (Linux; a no-op elsewhere)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_process(process: Optional[subprocess.Popen], timeout_s: float, group: bool = False) -> None:

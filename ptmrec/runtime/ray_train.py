@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -52,7 +53,8 @@ def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
 
     s = cfg.storage
     endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {"region": s.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    kwargs: dict[str, Any] = {"region": s.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                              "connect_timeout": s.connect_timeout_s, "request_timeout": 60.0}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme)
@@ -60,7 +62,18 @@ def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
     secret = s.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:
         kwargs.update(access_key=key, secret_key=secret)
-    return f"{loc.bucket}/{loc.key}", pyarrow.fs.S3FileSystem(**kwargs)
+    from ptmrec.runtime.s3_fs import RetryingS3
+
+    return f"{loc.bucket}/{loc.key}", pyarrow.fs.PyFileSystem(RetryingS3(kwargs, pyarrow_attempts(s.outage_budget_s)))
+
+
+def pyarrow_attempts(outage_budget_s: float) -> int:
+    """Attempts for pyarrow's S3 client (checkpoints) that wait out about `outage_budget_s`: it counts attempts,
+    not time. Measured against a proxy answering 503: 6 attempts gave up after 13 s, 9 after 68 s, 12 after 94 s
+    (the AWS SDK's backoff with jitter, capped): about 10 s for each attempt beyond 6."""
+    if outage_budget_s <= 13:
+        return 3 if outage_budget_s <= 0 else 6
+    return 6 + math.ceil((outage_budget_s - 13) / 10)
 
 
 def run_trainer(train_fn: Callable[[dict], None], cfg: Config, *, stage: str, num_workers: int,
@@ -113,9 +126,16 @@ def _fit(train_fn, cfg: Config, stage: str, num_workers: int, worker_config: dic
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    import pyarrow.fs
+
     storage_path, filesystem = ray_storage(cfg)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_name = f"{cfg.run.name}-{stage}-{key}"
+    removed = prune_checkpoints(filesystem or pyarrow.fs.LocalFileSystem(), f"{storage_path}/{run_name}", num_workers,
+                                keep=cfg.ray.checkpoints_to_keep)
+    if removed:
+        log.info("%s: removed %d checkpoint folders that a restart can never use (older than the latest complete one, "
+                 "or incomplete)", stage, len(removed))
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={**worker_config, "ray_run_name": run_name},
@@ -140,10 +160,14 @@ def _fit(train_fn, cfg: Config, stage: str, num_workers: int, worker_config: dic
 # Worker failures worth a restart: the process or its node went away, or storage could not be reached for longer
 # than its retries. Anything else (a bad value, a corrupt shard, a bug) would fail the same way again.
 _TRANSIENT_TYPES = ("ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
-                    "OwnerDiedError", "ObjectLostError", "RaySystemError", "PreemptionError")
-_TRANSIENT_TEXT = ("cannot reach the S3 endpoint", " attempts: ", "SlowDown", "ServiceUnavailable",
+                    "OwnerDiedError", "ObjectLostError", "RaySystemError", "PreemptionError",
+                    # Ray Train's word for a worker whose process or node stopped answering (a node lost)
+                    "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")
+_TRANSIENT_TEXT = ("cannot reach the S3 endpoint", " attempts: ", "SlowDown", "ServiceUnavailable", "SLOW_DOWN",
+                   "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "NETWORK_CONNECTION", "storage.outage_budget_s",
+                   "(HTTP status 500)", "(HTTP status 502)", "(HTTP status 503)", "(HTTP status 504)",
                    "InternalError", "S3 error 500", "S3 error 502", "S3 error 503", "S3 error 504",
-                   "The actor died unexpectedly", "worker died", "node died", "was killed")
+                   "The actor died unexpectedly", "worker died", "node died", "was killed", " is unavailable: ")
 
 
 # What the surviving workers see when a peer dies mid-collective: a consequence, never the cause.
@@ -244,6 +268,20 @@ def world() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
+def worker_nodes() -> list[str]:
+    """The Ray node id of every rank's worker, in rank order (a collective: every rank calls it). Recorded in a
+    stage's metrics.json: where the run actually ran."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
 def report(metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
     """Report metrics (and this rank's checkpoint files) to Ray Train; every rank must call it."""
     import ray.train
@@ -277,15 +315,48 @@ def latest_checkpoint(config: dict) -> Iterator[Optional[Path]]:
         yield Path(local)
 
 
-def _complete_checkpoints(fs, root: str, world_size: int) -> list[str]:
-    """The complete checkpoint folders under a Ray Train run folder, oldest first (Ray names them by time)."""
+def prune_checkpoints(fs, root: str, world_size: int, keep: int) -> list[str]:
+    """Delete the checkpoint folders of a Ray Train run folder that a restart can never use: older than its newest
+    complete one, not among its `keep` newest complete ones, and unknown to Ray's run snapshot (Ray's `num_to_keep`
+    deletes only the folders it registered, and refuses to start if one of those is gone; a worker killed around a
+    save leaves others). Run before the workers start; returns what was removed."""
+    complete = _complete_checkpoints(fs, root, world_size)
+    if not complete:
+        return []
+    kept = set(complete[-max(1, keep):]) | {f"{root}/{name}" for name in _registered(fs, root)}
+    stale = [f for f in _checkpoint_folders(fs, root) if f < complete[-1] and f not in kept]
+    for folder in stale:
+        fs.delete_dir(folder)
+    return stale
+
+
+def _registered(fs, root: str) -> set[str]:
+    """The checkpoint folder names Ray's run snapshot refers to (it keeps its own list, by folder name)."""
+    import re
+
+    try:
+        with fs.open_input_stream(f"{root}/checkpoint_manager_snapshot.json") as f:
+            text = f.read().decode()
+    except (FileNotFoundError, OSError):
+        return set()
+    return set(re.findall(r'"checkpoint_dir_name"\s*:\s*"([^"]+)"', text))
+
+
+def _checkpoint_folders(fs, root: str) -> list[str]:
+    """The checkpoint folders under a Ray Train run folder, oldest first (Ray names them by time)."""
     import pyarrow.fs
 
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    folders = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                     and i.base_name.startswith("checkpoint_"))
+    return sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and i.base_name.startswith("checkpoint_"))
+
+
+def _complete_checkpoints(fs, root: str, world_size: int) -> list[str]:
+    """The complete checkpoint folders under a Ray Train run folder, oldest first."""
+    import pyarrow.fs
+
     complete = []
-    for folder in folders:
+    for folder in _checkpoint_folders(fs, root):
         names = {i.path[len(folder) + 1:] for i in fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True))
                  if i.type == pyarrow.fs.FileType.File}
         partitions = [n for n in names if n.endswith("optim_states.pt")]

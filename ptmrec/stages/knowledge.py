@@ -132,6 +132,7 @@ def knowledge_worker(config: dict) -> None:
     cfg: Config = config["cfg"]
     settings, sc = config["settings"], cfg.stage2
     rank, world_size = ray_train.world()
+    nodes = ray_train.worker_nodes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ray_train.quiet_worker_logs()
     torch.manual_seed(cfg.run.seed)
@@ -162,13 +163,7 @@ def knowledge_worker(config: dict) -> None:
     epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"],
                          cache)
     if not state.history:
-        # The starting point (stage 1's recommender, the adapters as initialised) is epoch 0, a candidate like
-        # any epoch: stage 2 never hands over a model that is worse on valid than the one it started from.
-        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
-        state.history.append({"epoch": 0, **_split_metrics(result)})
-        if rank == 0:
-            log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
-                     result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
+        best = _evaluate_start(cfg, inter, student, state, rank, world_size, device, cache)
     run_start, first_epoch = time.perf_counter(), state.epoch
     for epoch in range(state.epoch, settings["epochs"]):
         epoch_s, losses = epoch_run.train(epoch)
@@ -202,7 +197,7 @@ def knowledge_worker(config: dict) -> None:
         _save_outputs(cfg, storage, manifest, settings, state, best,
                       params={"trainable_params": trainable, "total_params": total,
                               "encoder_trainable_params": encoder_trainable, "encoder_total_params": encoder_total},
-                      wall_s=time.perf_counter() - start, items_per_s=epoch_run.items_per_s,
+                      wall_s=time.perf_counter() - start, items_per_s=epoch_run.items_per_s, nodes=nodes,
                       layer_cache=cache.summary() if cache is not None else None)
         # The report compares this stage with stage 1 (and any other modes already run).
         write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
@@ -390,8 +385,21 @@ def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.
     return evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size), eval_model
 
 
+def _evaluate_start(cfg: Config, inter, student, state: TrainState, rank: int, world_size: int, device: torch.device,
+                    cache) -> Optional[dict]:
+    """Evaluate the starting point (stage 1's recommender, the adapters as initialised) as epoch 0, a candidate
+    like any epoch: stage 2 never hands over a model that is worse on valid than the one it started from.
+    Returns rank 0's copy of it as the best so far."""
+    result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, None, cache)
+    state.history.append({"epoch": 0, **_split_metrics(result)})
+    if rank == 0:
+        log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
+                 result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
+    return best
+
+
 def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict, state: TrainState,
-                  best: Optional[dict], params: dict, wall_s: float, items_per_s: float,
+                  best: Optional[dict], params: dict, wall_s: float, items_per_s: float, nodes: list[str],
                   layer_cache: Optional[dict] = None) -> None:
     name = stage_dir(cfg.stage2.mode, cfg.stage2.output)
     out = join(cfg.run.uri, name)
@@ -413,7 +421,8 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "lr_schedule": cfg.stage2.lr_schedule, "warmup_steps": cfg.stage2.warmup_steps,
         "wall_s": round(wall_s, 2), "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": memory_kind, "seed": cfg.run.seed,
-        "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "zero_stage": cfg.stage2.zero_stage,
+        "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "worker_nodes": nodes,
+        "zero_stage": cfg.stage2.zero_stage,
         "resumed_from_epoch": state.resumed_from_epoch, "layer_cache": layer_cache, "history": state.history})
     log.info("stage 2 (%s) done: best valid %s %.4f at epoch %d → %s", cfg.stage2.mode, cfg.eval.metric,
              state.best_score, state.best_epoch, out)

@@ -73,6 +73,7 @@ def recommendation_worker(config: dict) -> None:
     """One Ray Train worker of stage 1 (see the module docstring for the shape)."""
     cfg: Config = config["cfg"]
     rank, world_size = ray_train.world()
+    nodes = ray_train.worker_nodes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ray_train.quiet_worker_logs()
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DeepSpeed broadcasts anyway)
@@ -140,7 +141,7 @@ def recommendation_worker(config: dict) -> None:
     # --- save (rank 0): the best model is the teacher
     if rank == 0:
         _save_outputs(cfg, storage, model, best_weights, inter, state, config, trainable, total,
-                      wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9))
+                      wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9), nodes=nodes)
     out = join(cfg.run.uri, STAGE)
     tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
                                                         for k, v in m.items()}}, table=state.best,
@@ -178,7 +179,8 @@ def train_epoch(engine, model, inter, epoch: int, seed: int, micro: int, rank: i
 
 
 def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[dict], inter, state: TrainState,
-                  config: dict, trainable: int, total: int, wall_s: float, items_per_s: float) -> None:
+                  config: dict, trainable: int, total: int, wall_s: float, items_per_s: float,
+                  nodes: list[str]) -> None:
     """Write the best model, its teacher representations and metrics.json."""
     stage_uri = join(cfg.run.uri, STAGE)
     best = best_weights if best_weights is not None else cpu_state(model.state_dict())
@@ -198,7 +200,7 @@ def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[d
         "valid": state.best.get("valid", {}), "test": state.best.get("test", {}), "best_epoch": state.best_epoch,
         "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
         "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
-        "seed": cfg.run.seed, "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers,
+        "seed": cfg.run.seed, "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers, "worker_nodes": nodes,
         "zero_stage": cfg.stage1.zero_stage, "resumed_from_epoch": state.resumed_from_epoch,
         "history": state.history})
     log.info("stage 1 done: best valid %s %.4f at epoch %d, test %s %.4f → %s", cfg.eval.metric,

@@ -18,7 +18,10 @@ def cache_folders(run):
     return sorted(p.parent for p in (run / "features").glob("layers-*/*/cache.json"))
 
 
-def test_layer_cache_trains_on_the_full_features_and_an_interrupted_build_resumes(repo, smoke_data, tmp_path):
+def test_layer_cache_trains_on_the_full_features_and_an_interrupted_build_resumes(repo, smoke_data, smoke_stage1,
+                                                                                   tmp_path):
+    import shutil
+
     from ptmrec.config import load_config
     from ptmrec.stages.features import load_features
     from ptmrec.storage import Storage
@@ -26,7 +29,7 @@ def test_layer_cache_trains_on_the_full_features_and_an_interrupted_build_resume
     run = tmp_path / "run"
     sets = ["--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}", "--set", "stage2.layer_cache=true",
             "--set", "stage2.adapter={name: lora, rank: 4, top_layers: 1}"]
-    assert ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets).returncode == 0
+    shutil.copytree(smoke_stage1, run)  # the smoke config's own stage 1
     proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets, "--set", "stage2.epochs=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "built the layer cache of 120 items" in proc.stderr

@@ -1,11 +1,9 @@
 """Stage 1 for real: 2 Ray Train workers on CPU, DeepSpeed (gloo), the smoke config; and resume after a kill."""
 
 import json
-import os
-import signal
+import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -69,63 +67,6 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, tmp_p
     assert "frozen features found" in proc.stderr
 
 
-def test_interrupted_run_resumes_from_its_checkpoint(repo, smoke_data, tmp_path):
-    run = tmp_path / "run"
-    args = ["stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}",
-            "--set", "recommender.name=bpr", "--set", "stage1.patience=1000"]
-    first = subprocess.Popen([sys.executable, "-m", "ptmrec.cli", *args, "--set", "stage1.epochs=100000"], cwd=repo,
-                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list((run / "ray").glob("*/checkpoint_*/state.json")):
-            assert first.poll() is None, "the first run ended before its first checkpoint"
-            time.sleep(0.2)
-        time.sleep(1.0)  # let it go on a little past the first checkpoint
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        first.wait()
-    done = max(json.loads(p.read_text())["epoch"] for p in (run / "ray").glob("*/checkpoint_*/state.json"))
-    assert done >= 1 and not (run / "stage1" / "metrics.json").exists()
-
-    proc = ptmrec(*[repo], *args, "--set", f"stage1.epochs={done + 2}", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((run / "stage1" / "metrics.json").read_text())
-    assert metrics["resumed_from_epoch"] >= 1
-    assert metrics["epochs_run"] == done + 2
-    # the history picks up after the restored epochs instead of starting over
-    assert [h["epoch"] for h in metrics["history"]][-2:] == [done + 1, done + 2]
-    assert "resumed from the checkpoint" in proc.stderr
-
-
-def test_a_worker_killed_mid_stage_is_restarted_from_the_checkpoint(repo, smoke_data, tmp_path):
-    """kill -9 of one Ray Train worker: a transient failure, so the stage restarts its workers from the latest
-    checkpoint (ray.max_failures, 1 by default) and finishes, in the same command."""
-    import psutil
-
-    run = tmp_path / "run"
-    args = ["stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}",
-            "--set", "recommender.name=bpr", "--set", "stage1.patience=1000", "--set", "stage1.epochs=60"]
-    proc = subprocess.Popen([sys.executable, "-m", "ptmrec.cli", *args], cwd=repo, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list((run / "ray").glob("*/checkpoint_*/state.json")):
-            assert proc.poll() is None, "the stage ended before its first checkpoint"
-            time.sleep(0.2)
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "RayTrainWorker" in " ".join(p.cmdline())]
-        assert len(workers) == 2
-        workers[1].kill()
-        _, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
-    assert "a transient failure; restarting the workers from the latest checkpoint (restart 1 of" in err
-    metrics = json.loads((run / "stage1" / "metrics.json").read_text())
-    assert metrics["resumed_from_epoch"] >= 1 and metrics["epochs_run"] == 60
-
-
 def check_export(cfg, folder) -> None:
     import numpy as np
     import pyarrow.parquet as pq
@@ -183,6 +124,7 @@ def test_a_worker_error_reaches_the_user_as_one_line(repo, smoke_data, tmp_path)
                           timeout=600)
     assert proc.returncode == 1
     ours = [line for line in proc.stderr.splitlines() if line.startswith("ptmrec stage1: error: ")]
-    assert len(ours) == 1 and "stage1 failed: rank 0: " in ours[0] and "users-000000.tar: sha256" in ours[0]
+    # whichever rank reads the damaged shard first names it (the other may only see the group break up)
+    assert len(ours) == 1 and re.search(r"stage1 failed: rank \d: ", ours[0]) and "users-000000.tar: sha256" in ours[0]
     assert "run_trainer" not in proc.stderr  # no traceback through our own code
     assert not (tmp_path / "run" / "stage1" / "metrics.json").exists()

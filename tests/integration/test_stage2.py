@@ -32,7 +32,9 @@ def reencode(cfg, adapter_file, world_size):
 
 
 @pytest.mark.parametrize("encoder,adapter", [("tiny-clip", "prompt"), ("tiny-clip", "lora"), ("bundled", "prompt")])
-def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, tmp_path, encoder, adapter):
+def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smoke_stage1, tmp_path, encoder, adapter):
+    import shutil
+
     from ptmrec.config import load_config
     from ptmrec.stages.features import load_features
     from ptmrec.storage import Storage
@@ -46,8 +48,10 @@ def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, tmp
                  "--set", "stage2.lr_schedule=cosine", "--set", "stage2.warmup_steps=2"]
     if encoder == "bundled":
         sets += ["--set", "encoder.image_size=64", "--set", "stage1.epochs=2"]
-    proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:  # the smoke config's own stage 1 (stage 2's settings do not change it)
+        shutil.copytree(smoke_stage1, run)
     proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets)
     assert proc.returncode == 0, proc.stderr[-4000:]
 

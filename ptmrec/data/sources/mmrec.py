@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from ptmrec.config import InputError
 from ptmrec.data.tables import Dataset
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
@@ -25,7 +26,7 @@ TEXT_FIELDS = ("title", "brand", "categories", "description")
 X_LABELS = {"0": 0, "1": 1, "2": 2}
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """Raw input that does not match the expected format; the message names the file and row."""
 
 

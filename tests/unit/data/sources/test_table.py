@@ -90,3 +90,17 @@ def test_a_data_set_nothing_can_be_learned_from_is_refused_before_any_shard(tmp_
     with pytest.raises(ValueError, match=r"orders.csv: orders has 2 training and 0 held-out interactions"):
         prepare(cfg, progress=False)
     assert not (tmp_path / "data").exists()
+
+
+def test_prepare_refuses_an_empty_table_in_one_line_with_status_2(repo, tmp_path, capsys, monkeypatch):
+    from ptmrec.cli import main
+
+    (tmp_path / "orders.csv").write_text("customer,sku\n")
+    monkeypatch.chdir(repo)
+    data = tmp_path / "data"
+    code = main(["-q", "prepare", "--config", "configs/smoke.yaml", "--set", f"data.uri={data}",
+                 "--set", "data.source=table", "--set", f"data.table.interactions={tmp_path / 'orders.csv'}",
+                 "--set", "data.table.user=customer", "--set", "data.table.item=sku"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"ptmrec prepare: bad input: {tmp_path / 'orders.csv'}: no interactions", err
+    assert not data.exists()  # nothing a later stage could take for a prepared data set
