@@ -60,7 +60,7 @@ def test_cli_reports_bad_input_in_one_line(repo, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "prepare", "--config", str(repo / "configs/amazon-baby.yaml"),
                            "--set", f"data.path={bad}", "--set", f"data.uri={tmp_path}/out"],
                           capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2 and proc.stderr.startswith("ptmrec prepare: bad input: ")  # the user's to fix
     assert "x.inter, line 2: x_label '9' is not one of 0 (train), 1 (valid), 2 (test)" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "ptmrec.cli", "prepare", "--config", str(repo / "configs/amazon-baby.yaml"),
