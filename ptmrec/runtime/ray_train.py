@@ -337,7 +337,7 @@ def _registered(fs, root: str) -> set[str]:
     try:
         with fs.open_input_stream(f"{root}/checkpoint_manager_snapshot.json") as f:
             text = f.read().decode()
-    except (FileNotFoundError, OSError):
+    except OSError:  # no snapshot yet (FileNotFoundError is one)
         return set()
     return set(re.findall(r'"checkpoint_dir_name"\s*:\s*"([^"]+)"', text))
 
