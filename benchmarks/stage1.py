@@ -138,7 +138,7 @@ def main() -> None:
             k = max(cfg.eval.ks)
             with torch.no_grad():
                 floor = best_of(lambda: eval_floor(model, inter, k, cfg.eval.batch_users), args.repeats)
-            ours = best_of(lambda: evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, 0, 1),
+            ours = best_of(lambda: evaluate_distributed(model, inter, cfg.eval, 0, 1),
                            args.repeats)
             print(f"{name:<10}{plain:>15.3f}{ds:>16.3f}{ds / plain:>8.2f}{floor:>14.3f}{ours:>12.3f}{ours / floor:>8.2f}",
                   flush=True)

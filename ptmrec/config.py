@@ -91,9 +91,11 @@ class DataConfig:
     split_seed: int = 2024  # seeds the per-user split where the source has none (movielens, synthetic)
     rating_threshold: Optional[float] = None  # movielens: keep ratings >= this; null keeps all
     table: TableConfig = field(default_factory=TableConfig)  # the `table` source
-    # synthetic source only
+    # synthetic source only. taste: the small drawn catalogue (images + texts, cost users × items); power_law:
+    # texts only, ~10 interactions per item, Zipf popularity, linear cost (the scale benchmark's catalogues)
     synthetic_users: int = 200
     synthetic_items: int = 120
+    synthetic_kind: Literal["taste", "power_law"] = "taste"
 
 
 @dataclass
@@ -136,6 +138,10 @@ class Stage1Config:
     eval_every: int = 1
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2] = 0  # the recommenders are small: ZeRO-3's partitioned weights buy nothing
+    # adam: dense Adam, as MMRec trains (every step touches every embedding row: its cost grows with the
+    # catalogue). lazy_adam: the batch's embedding rows arrive as sparse gradients and only they (and their
+    # moments) are updated, so a step costs the batch; for catalogues past ~10^5 items (BPR, VBPR; ZeRO-0)
+    optimizer: Literal["adam", "lazy_adam"] = "adam"
 
 
 @dataclass
@@ -186,6 +192,8 @@ class Stage2Config:
     epochs: int = 5  # joint (one stage) trains at stage 1's budget instead: stage1.epochs and stage1.patience
     patience: int = 3
     items_per_step: int = 64  # items encoded per step and worker (the chunk)
+    # at most this many steps (chunks per worker) per epoch, drawn uniformly as ever; null: every item once
+    steps_per_epoch: Optional[int] = None
     pairs_per_step: int = 512  # at most this many (user, positive, negative) triples drawn in a chunk
     lr: float = 1e-3  # adapters
     warmup_steps: int = 0  # the learning rates rise linearly over these first steps
@@ -193,6 +201,9 @@ class Stage2Config:
     recommender_lr: float = 1e-4  # the student recommender, warm from stage 1 (joint uses stage1.lr)
     num_workers: int = 2
     zero_stage: Literal[0, 1, 2, 3] = 2
+    # as stage1.optimizer, for the student recommender's embedding rows (the adapters' gradients are dense
+    # either way): with lazy_adam a step costs the chunk, not the catalogue; needs zero_stage 0
+    optimizer: Literal["adam", "lazy_adam"] = "adam"
     log_every: int = 20  # steps between per-step logs (the only host synchronisations of the loss)
     # run the frozen layers below `adapter.top_layers` once per item and store their output under the run URI;
     # steps and re-encodes then run only the adapted top layers (same features, a fraction of the cost)
@@ -237,7 +248,13 @@ class TrackingConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20, 50])
     metric: str = "recall@20"  # selection metric, always on the valid split
-    batch_users: int = 4096
+    batch_users: int = 4096  # users ranked at once, fewer where batch × items would pass max_batch_scores
+    max_batch_scores: int = 50_000_000  # scores held at once (4 bytes each + a mask): bounds memory, not items
+    # Catalogues with more items than this are evaluated on `sample_users` users per split, drawn uniformly
+    # (seeded, the same every evaluation), each still ranked against every item: an unbiased estimate of the
+    # full-ranking mean, labelled in metrics.json (eval_protocol) and never compared with a full one. null: all
+    sampled_above_items: Optional[int] = 200_000
+    sample_users: int = 10_000
 
 
 @dataclass
@@ -335,9 +352,17 @@ def check_resources(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: ray.loader_workers: {r.loader_workers} loader processes need "
                           f"{r.loader_workers + 1} CPUs per worker with the training process; ray.cpus_per_worker "
                           f"is {r.cpus_per_worker:g}")
-    for key, value in (("encoder.batch_size", cfg.encoder.batch_size), ("stage2.log_every", cfg.stage2.log_every)):
+    for key, value in (("encoder.batch_size", cfg.encoder.batch_size), ("stage2.log_every", cfg.stage2.log_every),
+                       ("eval.max_batch_scores", cfg.eval.max_batch_scores), ("eval.sample_users", cfg.eval.sample_users),
+                       ("stage2.steps_per_epoch", 1 if cfg.stage2.steps_per_epoch is None else cfg.stage2.steps_per_epoch)):
         if value < 1:
             raise ConfigError(f"{where}: {key}: expected 1 or more, got {value}")
+
+
+    for name, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
+        if stage.optimizer == "lazy_adam" and stage.zero_stage:
+            raise ConfigError(f"{where}: {name}.optimizer: lazy_adam updates rows from sparse gradients, which "
+                              f"ZeRO-{stage.zero_stage} partitions as dense ones; use {name}.zero_stage: 0")
 
 
 def resolve_local_paths(cfg: Config) -> None:

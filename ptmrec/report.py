@@ -59,8 +59,11 @@ def write_report(storage: Storage, run_uri: str, ks: list[int], metric: str = "r
     rows = collect(storage, run_uri)
     if not rows:
         return None
+    protocols = sorted({m.get("eval_protocol", "full ranking") for m in rows})
     md = [f"# PTMRec run report: {rows[0]['dataset']}", "",
-          f"Test metrics at the best **valid** {metric} epoch of each stage (selection never uses test).", "",
+          f"Test metrics at the best **valid** {metric} epoch of each stage (selection never uses test).",
+          *([f"Evaluated by {' / '.join(protocols)}: not comparable with full-ranking numbers."]
+            if protocols != ["full ranking"] else []), "",
           table(rows, ks, "test"), "", "Valid metrics at the same epochs:", "", table(rows, ks, "valid"), "",
           "![curves](report.png)", ""]
     text = "\n".join(md)

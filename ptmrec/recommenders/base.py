@@ -42,6 +42,9 @@ class Recommender(nn.Module):
     #: state-dict key prefixes that hold item features (trainable copies of them), which a model rebuilt
     #: with other (adapted) features must not load
     feature_state_prefixes: tuple[str, ...] = ()
+    #: whether the training loss reads only the batch's rows of the embedding tables, so that those rows can
+    #: arrive as sparse gradients (`stage1.optimizer: lazy_adam`); graph models propagate over every row
+    takes_sparse_gradients: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -49,6 +52,17 @@ class Recommender(nn.Module):
             raise ValueError(f"{self.name}: num_users ({num_users}) and num_items ({num_items}) must be positive")
         self.num_users = int(num_users)
         self.num_items = int(num_items)
+        self.sparse_gradients = False  # set by `use_sparse_gradients`
+
+    def use_sparse_gradients(self) -> None:
+        """From now on the loss gives its embedding tables sparse gradients: the batch's rows only."""
+        if not self.takes_sparse_gradients:
+            raise ValueError(f"{self.name}: its loss reads every embedding row (a graph model): no sparse gradients")
+        self.sparse_gradients = True
+
+    def rows(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """`table[ids]`, whose gradient is sparse (the looked-up rows) after `use_sparse_gradients`."""
+        return nn.functional.embedding(ids, table, sparse=self.sparse_gradients)
 
     def weights_without_features(self) -> dict[str, torch.Tensor]:
         """The state dict minus feature tables: what a copy rebuilt on other (adapted) features loads."""

@@ -18,6 +18,7 @@ class BPR(Recommender):
     """
 
     name = "bpr"
+    takes_sparse_gradients = True
 
     def __init__(
         self,
@@ -43,9 +44,9 @@ class BPR(Recommender):
         return self.user_embedding.weight, self.item_embedding.weight
 
     def loss(self, users, pos_items, neg_items):
-        user_e = self.user_embedding(users)
-        pos_e = self.item_embedding(pos_items)
-        neg_e = self.item_embedding(neg_items)
+        user_e = self.rows(self.user_embedding.weight, users)
+        pos_e = self.rows(self.item_embedding.weight, pos_items)
+        neg_e = self.rows(self.item_embedding.weight, neg_items)
         mf = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1))
         reg = self.reg_weight * l2_reg(user_e, pos_e, neg_e)
         return mf + reg, {"bpr": mf.detach(), "reg": reg.detach()}

@@ -26,6 +26,7 @@ class VBPR(Recommender):
 
     name = "vbpr"
     uses_features = True
+    takes_sparse_gradients = True
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class VBPR(Recommender):
     def _item_repr(self, items: torch.Tensor, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[n] item ids and their per-modality features ([n, d_m] each) -> [n, 2D] item representations."""
         content = self.item_linear(torch.cat([features[m] for m in self.modalities], dim=-1))
-        return torch.cat([self.item_embedding[items], content], dim=-1)
+        return torch.cat([self.rows(self.item_embedding, items), content], dim=-1)
 
     def _own_item_repr(self, items: torch.Tensor) -> torch.Tensor:
         own = self._own_features()
@@ -82,7 +83,7 @@ class VBPR(Recommender):
     def loss(self, users, pos_items, neg_items):
         # Only the batch's items are projected: the same numbers as projecting the catalogue, as MMRec
         # does, at a fraction of the cost.
-        user_e = self.user_embedding[users]
+        user_e = self.rows(self.user_embedding, users)
         pos_e = self._own_item_repr(pos_items)
         neg_e = self._own_item_repr(neg_items)
         mf = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1))
@@ -100,7 +101,7 @@ class VBPR(Recommender):
         features = check_replacement_features(self.name, features, self._own_features(), len(items))
         own = self._own_features()
         merged = {m: features[m] if m in features else own[m][items] for m in self.modalities}
-        return self.user_embedding[users] @ self._item_repr(items, merged).T
+        return self.rows(self.user_embedding, users) @ self._item_repr(items, merged).T
 
     def item_modality_embeddings(self, items, features=None):
         """Per modality m: W_m f_m, the modality's share of the projected content vector ([n, D]).
@@ -119,6 +120,6 @@ class VBPR(Recommender):
 
     def modality_scores(self, users, items, features=None):
         """Per modality m: the content half of the user vector · W_m f_m."""
-        user_content = self.user_embedding[users, self.embedding_dim :]
+        user_content = self.rows(self.user_embedding, users)[:, self.embedding_dim :]
         return {m: user_content @ e.T for m, e in self.item_modality_embeddings(items, features).items()}
 

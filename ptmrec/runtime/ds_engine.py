@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 DS_CONFIG_KEYS_WE_SET = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+LAZY_ADAM = "LazyAdam"  # optimizer type of stage1.optimizer lazy_adam: ours (runtime/lazy_adam.py), not DeepSpeed's
 
 
 def load_ds_config(path: str | Path) -> dict:
@@ -43,7 +44,7 @@ def derive_batch_sizes(batch_size: int, num_workers: int, gradient_accumulation_
 
 
 def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float, zero_stage: int,
-                    gradient_accumulation_steps: int = 1) -> dict:
+                    gradient_accumulation_steps: int = 1, lazy_adam: bool = False) -> dict:
     """The full DeepSpeed config for one stage: `base` plus the run's lr, ZeRO stage and batch sizes.
 
     DeepSpeed's own bf16 mode stays as `base` says (off in ds_config.json): it would cast every parameter,
@@ -55,6 +56,12 @@ def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float,
     cfg["gradient_accumulation_steps"] = gradient_accumulation_steps
     cfg["train_batch_size"] = micro * num_workers * gradient_accumulation_steps
     cfg.setdefault("optimizer", {"type": "Adam", "params": {"torch_adam": True}})
+    if lazy_adam:  # built by initialize_engine (DeepSpeed does not know it), with the base's betas and eps
+        params = cfg["optimizer"].get("params", {})
+        if params.get("weight_decay"):
+            raise ValueError("stage1.optimizer lazy_adam takes no weight decay (the DeepSpeed config sets "
+                             f"{params['weight_decay']}): the model's reg_weight regularises the batch's rows")
+        cfg["optimizer"] = {"type": LAZY_ADAM, "params": {k: params[k] for k in ("betas", "eps") if k in params}}
     cfg["optimizer"].setdefault("params", {})["lr"] = lr
     cfg.setdefault("zero_optimization", {})["stage"] = zero_stage
     return cfg
@@ -98,6 +105,12 @@ def initialize_engine(model, param_groups: list, ds_config: dict, device=None,
     groups = [g for g in param_groups if g["params"]]
     # DeepSpeed calls this with the optimizer it builds
     scheduler = None if lr_multiplier is None else partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_multiplier)
+    optimizer = None
+    if ds_config.get("optimizer", {}).get("type") == LAZY_ADAM:  # ours: DeepSpeed takes it as a client's
+        from ptmrec.runtime.lazy_adam import LazyAdam
+
+        optimizer = LazyAdam(groups, **ds_config["optimizer"]["params"])
+        ds_config = {k: v for k, v in ds_config.items() if k != "optimizer"}
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
-                                           lr_scheduler=scheduler)
+                                           optimizer=optimizer, lr_scheduler=scheduler)
     return engine

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -258,6 +259,8 @@ def quiet_worker_logs() -> None:
             continue
         for name in (mod.__file__, module):
             logging.getLogger(name).setLevel(logging.WARNING)
+    # DeepSpeed rebuilds every sparse gradient (lazy_adam) from its all-gathered parts and warns each time
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 def world() -> tuple[int, int]:

@@ -6,12 +6,13 @@ import dataclasses
 import inspect
 import io
 import json
+import zlib
 from typing import Mapping, Optional
 
 import numpy as np
 import torch
 
-from ptmrec.config import Config, RecommenderConfig
+from ptmrec.config import Config, EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
 from ptmrec.evaluation import csr_from_pairs, evaluate
 from ptmrec.recommenders import Recommender, get_recommender_class
@@ -62,27 +63,30 @@ def build_recommender_from_config(cfg: Config, inter: Interactions,
                **recommender_kwargs(cfg.recommender, cls))
 
 
-def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int], batch_users: int,
-                         rank: int, world_size: int) -> dict[str, dict[str, float]]:
+def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig, rank: int,
+                         world_size: int) -> dict[str, dict[str, float]]:
     """Valid and test metrics (MMRec's full ranking), each rank scoring every `world_size`-th user.
 
     The representations are computed once per evaluation (graph models propagate once, not per batch).
     Per-rank means are combined weighted by their user counts, so the result equals one-process evaluation.
+    Past `ev.sampled_above_items` items, the users are `eval_users`' seeded sample (`eval_protocol` says so);
+    at most `ev.max_batch_scores` scores are held at once, whatever the catalogue.
     """
     was_training = model.training
     model.eval()
     with torch.no_grad():
         user_repr, item_repr = model()
     mask = csr_from_pairs(inter.train_users, inter.train_items, inter.num_users)
+    batch_users = max(1, min(ev.batch_users, ev.max_batch_scores // inter.num_items))
 
     def score(users: torch.Tensor) -> torch.Tensor:
         return user_repr[users.to(user_repr.device)] @ item_repr.T
 
     out = {}
     for split, truth in (("valid", inter.valid), ("test", inter.test)):
-        mine = {u: items for u, items in truth.items() if u % world_size == rank}
-        metrics = evaluate(score, mine, mask, ks=ks, batch_users=batch_users) if mine else \
-            {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "map") for k in ks}
+        mine = {u: truth[u] for u in eval_users(ev, inter, split) if u % world_size == rank}
+        metrics = evaluate(score, mine, mask, ks=ev.ks, batch_users=batch_users) if mine else \
+            {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "map") for k in ev.ks}
         names = sorted(metrics)
         # On the model's device: NCCL reduces only device tensors.
         packed = torch.tensor([len(mine)] + [metrics[n] * len(mine) for n in names], dtype=torch.float64,
@@ -95,6 +99,29 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ks: list[int],
         out[split] = {n: float(v) / total for n, v in zip(names, packed[1:].tolist())}
     model.train(was_training)
     return out
+
+
+def sampled_evaluation(ev: EvalConfig, num_items: int) -> bool:
+    return ev.sampled_above_items is not None and num_items > ev.sampled_above_items
+
+
+def eval_users(ev: EvalConfig, inter: Interactions, split: str) -> list[int]:
+    """The users evaluated on `split`: all of them, or past `ev.sampled_above_items` items `ev.sample_users`
+    drawn uniformly without replacement, seeded by the split alone (every evaluation, rank and stage of
+    a run sees the same users, so its numbers compare)."""
+    users = sorted(getattr(inter, split))
+    if not sampled_evaluation(ev, inter.num_items) or len(users) <= ev.sample_users:
+        return users
+    rng = np.random.default_rng(zlib.crc32(split.encode()))
+    return sorted(np.asarray(users)[rng.choice(len(users), ev.sample_users, replace=False)].tolist())
+
+
+def eval_protocol(ev: EvalConfig, num_items: int) -> str:
+    """How metrics.json's numbers were computed: "full ranking", or of which sample, in words."""
+    if not sampled_evaluation(ev, num_items):
+        return "full ranking"
+    return (f"full ranking, {ev.sample_users} sampled users per split ({num_items} items > "
+            f"eval.sampled_above_items {ev.sampled_above_items})")
 
 
 def cpu_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

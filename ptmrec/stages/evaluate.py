@@ -30,7 +30,7 @@ def evaluate_stage(cfg: Config, stage: str = "stage1") -> dict:
     model = load_stage_model(cfg, stage, storage, inter)
     # The evaluate job's driver may run on a head node without a GPU: a GPU run uses one where it sees one.
     device = select_device(cfg.ray.use_gpu and torch.cuda.is_available())
-    result = evaluate_distributed(model.to(device), inter, cfg.eval.ks, cfg.eval.batch_users, rank=0, world_size=1)
+    result = evaluate_distributed(model.to(device), inter, cfg.eval, rank=0, world_size=1)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     storage.write_text(join(cfg.run.uri, stage, "eval.json"), json.dumps(result, indent=2) + "\n")
     return result

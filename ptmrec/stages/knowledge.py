@@ -35,7 +35,7 @@ from ptmrec.runtime.device import select_device
 from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, cpu_state,
-                                  evaluate_distributed, load_torch, peak_memory, read_metrics, save_torch,
+                                  eval_protocol, evaluate_distributed, load_torch, peak_memory, read_metrics, save_torch,
                                   settings_fingerprint, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
@@ -90,9 +90,13 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
         raise ValueError("stage2.zero_stage: 3 is not supported yet (evaluation reads the adapted towers "
                          "outside the engine); use 0, 1 or 2")
     manifest = load_manifest(storage, cfg.data.uri)
-    if not get_recommender_class(cfg.recommender.name).uses_features:
+    cls = get_recommender_class(cfg.recommender.name)
+    if not cls.uses_features:
         raise ValueError(f"recommender.name: {cfg.recommender.name} is ID-only; the knowledge-guided stage "
                          "tunes item features, so it needs a content model (vbpr, freedom)")
+    if cfg.stage2.optimizer == "lazy_adam" and not cls.takes_sparse_gradients:
+        raise ValueError(f"stage2.optimizer: lazy_adam needs a model whose loss reads only the batch's embedding "
+                         f"rows (vbpr); {cfg.recommender.name} propagates over all of them")
     settings = effective_settings(cfg)
     from ptmrec.encoders.adapters import adapter_options
 
@@ -100,8 +104,10 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
     ray_train.connect(cfg)
     sc = cfg.stage2
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=sc.items_per_step * sc.num_workers,
-                                num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage)
+                                num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage,
+                                lazy_adam=sc.optimizer == "lazy_adam")
     steps = epoch_plan(cfg, manifest, 0, sc.num_workers).steps  # the same every epoch
+    steps = min(steps, sc.steps_per_epoch or steps)
     cache = None
     if sc.layer_cache:
         from ptmrec.stages.layer_cache import ensure_layer_cache
@@ -144,6 +150,8 @@ def knowledge_worker(config: dict) -> None:
     manifest = load_manifest(storage, cfg.data.uri)
     inter = read_interactions(storage, cfg.data.uri)
     student = load_student(cfg, settings, storage, inter, manifest)
+    if sc.optimizer == "lazy_adam":
+        student.recommender.use_sparse_gradients()
     encoder_trainable, encoder_total = count_parameters(student.encoder)
     trainable, total = count_parameters(student)
     engine = stage2_engine(student, cfg, settings, config["ds_config"], device, config["steps"])
@@ -168,11 +176,11 @@ def knowledge_worker(config: dict) -> None:
     for epoch in range(state.epoch, settings["epochs"]):
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
-        best_before = state.best_epoch
+        best_before, t0 = state.best_epoch, time.perf_counter()
         result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
         improved = state.best_epoch != best_before
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
-                  **_split_metrics(result)}
+                  **_split_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)}
         state.history.append(record)
         tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
@@ -282,8 +290,9 @@ class EpochRun:
         sums: dict[str, torch.Tensor] = {}
         t0 = t_log = time.perf_counter()
         logged_items = 0
-        for batch in item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank, self.world_size,
-                                 self.device, self.cache):
+        # zip stops at `steps`: all of the epoch's chunks, or the first `stage2.steps_per_epoch` of them
+        for _, batch in zip(range(self.steps), item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank,
+                                                           self.world_size, self.device, self.cache)):
             parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device,
                                sc.kt.sampled_users if sc.kt.variant == "user_item" else 0)
             for k, v in parts.items():
@@ -382,7 +391,7 @@ def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.
     eval_model = build_recommender_from_config(cfg, inter, adapted)
     eval_model.load_weights_without_features(recommender.weights_without_features())
     eval_model.to(device)
-    return evaluate_distributed(eval_model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size), eval_model
+    return evaluate_distributed(eval_model, inter, cfg.eval, rank, world_size), eval_model
 
 
 def _evaluate_start(cfg: Config, inter, student, state: TrainState, rank: int, world_size: int, device: torch.device,
@@ -390,8 +399,9 @@ def _evaluate_start(cfg: Config, inter, student, state: TrainState, rank: int, w
     """Evaluate the starting point (stage 1's recommender, the adapters as initialised) as epoch 0, a candidate
     like any epoch: stage 2 never hands over a model that is worse on valid than the one it started from.
     Returns rank 0's copy of it as the best so far."""
+    t0 = time.perf_counter()
     result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, None, cache)
-    state.history.append({"epoch": 0, **_split_metrics(result)})
+    state.history.append({"epoch": 0, **_split_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)})
     if rank == 0:
         log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
                  result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
@@ -422,7 +432,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "wall_s": round(wall_s, 2), "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": memory_kind, "seed": cfg.run.seed,
         "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "worker_nodes": nodes,
-        "zero_stage": cfg.stage2.zero_stage,
+        "zero_stage": cfg.stage2.zero_stage, "eval_protocol": eval_protocol(cfg.eval, manifest["num_items"]),
         "resumed_from_epoch": state.resumed_from_epoch, "layer_cache": layer_cache, "history": state.history})
     log.info("stage 2 (%s) done: best valid %s %.4f at epoch %d → %s", cfg.stage2.mode, cfg.eval.metric,
              state.best_score, state.best_epoch, out)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ptmrec.config import Config
+from ptmrec.config import Config, ConfigError
 from ptmrec.data.shards import load_manifest
 from ptmrec.data.stream import read_interactions
 from ptmrec.recommenders import get_recommender_class
@@ -27,8 +27,9 @@ from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import pin, select_device
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples, evaluate_distributed,
-                                  peak_memory, read_metrics, save_torch, settings_fingerprint, write_metrics)
+from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples, eval_protocol,
+                                  evaluate_distributed, peak_memory, read_metrics, save_torch, settings_fingerprint,
+                                  write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.storage import Storage, join
@@ -47,13 +48,16 @@ def run_recommendation_stage(cfg: Config, progress: bool = True) -> dict:
     manifest = load_manifest(storage, cfg.data.uri)
     ray_train.connect(cfg)
     cls = get_recommender_class(cfg.recommender.name)
+    if cfg.stage1.optimizer == "lazy_adam" and not cls.takes_sparse_gradients:
+        raise ConfigError(f"{cfg.source_file}: stage1.optimizer: lazy_adam needs a model whose loss reads only the "
+                          f"batch's embedding rows (bpr, vbpr); {cfg.recommender.name} propagates over all of them")
     features_uri = None
     if cls.uses_features:
         features_uri = extract_frozen_features(cfg, num_workers=cfg.stage1.num_workers,
                                                cpus_per_worker=cfg.ray.cpus_per_worker, progress=progress)
     ds_config = build_ds_config(load_ds_config(cfg.run.ds_config), batch_size=cfg.stage1.batch_size,
                                 num_workers=cfg.stage1.num_workers, lr=cfg.stage1.lr,
-                                zero_stage=cfg.stage1.zero_stage)
+                                zero_stage=cfg.stage1.zero_stage, lazy_adam=cfg.stage1.optimizer == "lazy_adam")
     log.info("stage 1: %s on %s (%d users, %d items), %d workers, ZeRO-%d, global batch %d",
              cfg.recommender.name, manifest["dataset"], manifest["num_users"], manifest["num_items"],
              cfg.stage1.num_workers, cfg.stage1.zero_stage, ds_config["train_batch_size"])
@@ -85,6 +89,8 @@ def recommendation_worker(config: dict) -> None:
     inter = read_interactions(storage, cfg.data.uri)
     features = load_features(storage, config["features_uri"]) if config["features_uri"] else None
     model = build_recommender_from_config(cfg, inter, features)
+    if cfg.stage1.optimizer == "lazy_adam":
+        model.use_sparse_gradients()
     trainable, total = count_parameters(model)
     engine = initialize_engine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
                                config["ds_config"], device)
@@ -114,7 +120,9 @@ def recommendation_worker(config: dict) -> None:
             tracker.log(record, step=state.epoch)
             ray_train.report(record)
             continue
-        result = evaluate_distributed(model, inter, cfg.eval.ks, cfg.eval.batch_users, rank, world_size)
+        t0 = time.perf_counter()
+        result = evaluate_distributed(model, inter, cfg.eval, rank, world_size)
+        record["eval_s"] = round(time.perf_counter() - t0, 3)
         improved = state.observe(result, cfg.eval.metric)
         if improved and rank == 0:
             best_weights = cpu_state(model.state_dict())
@@ -201,7 +209,8 @@ def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[d
         "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
         "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
         "seed": cfg.run.seed, "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers, "worker_nodes": nodes,
-        "zero_stage": cfg.stage1.zero_stage, "resumed_from_epoch": state.resumed_from_epoch,
+        "zero_stage": cfg.stage1.zero_stage, "optimizer": cfg.stage1.optimizer,
+        "eval_protocol": eval_protocol(cfg.eval, inter.num_items), "resumed_from_epoch": state.resumed_from_epoch,
         "history": state.history})
     log.info("stage 1 done: best valid %s %.4f at epoch %d, test %s %.4f → %s", cfg.eval.metric,
              state.best_score, state.best_epoch, cfg.eval.metric, state.best.get("test", {}).get(cfg.eval.metric, 0),

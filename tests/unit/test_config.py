@@ -140,3 +140,15 @@ def test_local_encoder_model_folder_is_made_absolute(tmp_path, monkeypatch):
     assert cfg.encoder.model == str(tmp_path / "minilm")
     hub = load_config(write(tmp_path, BASE + "encoder: {name: clip, model: openai/clip-vit-base-patch16}\n"))
     assert hub.encoder.model == "openai/clip-vit-base-patch16"  # a hub name stays a name
+
+
+def test_lazy_adam_needs_zero_stage_0_and_bounds_are_positive(tmp_path):
+    path = write(tmp_path, BASE)
+    assert load_config(path, ["stage1.optimizer=lazy_adam"]).stage1.optimizer == "lazy_adam"
+    with pytest.raises(ConfigError, match=r"stage1\.optimizer: lazy_adam .* use stage1\.zero_stage: 0"):
+        load_config(path, ["stage1.optimizer=lazy_adam", "stage1.zero_stage=1"])
+    with pytest.raises(ConfigError, match=r"stage2\.optimizer: lazy_adam .* ZeRO-2 .* use stage2\.zero_stage: 0"):
+        load_config(path, ["stage2.optimizer=lazy_adam"])  # stage 2 runs ZeRO-2 by default
+    for key in ("stage2.steps_per_epoch", "eval.sample_users", "eval.max_batch_scores"):
+        with pytest.raises(ConfigError, match=rf"{key}: expected 1 or more, got 0"):
+            load_config(path, [f"{key}=0"])

@@ -19,8 +19,10 @@ def load_source(cfg: DataConfig) -> Dataset:
 
         return load_movielens(path=cfg.path, seed=cfg.split_seed, rating_threshold=cfg.rating_threshold)
     if cfg.source == "synthetic":
-        from ptmrec.data.sources.synthetic import make_synthetic
+        from ptmrec.data.sources.synthetic import make_power_law, make_synthetic
 
+        if cfg.synthetic_kind == "power_law":
+            return make_power_law(num_users=cfg.synthetic_users, num_items=cfg.synthetic_items, seed=cfg.split_seed)
         return make_synthetic(num_users=cfg.synthetic_users, num_items=cfg.synthetic_items, seed=cfg.split_seed)
     if cfg.source == "table":
         from ptmrec.data.sources.table import load_table

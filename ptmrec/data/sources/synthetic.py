@@ -1,8 +1,12 @@
-"""A small generated multimodal catalogue, for tests of the image path and for quick runs.
+"""Generated catalogues: a small drawn one for tests and quick runs, and a large text-only one for scale.
 
-Every item has a colour and a shape, drawn into its image with PIL and named in its text. Every user
-prefers one colour and one shape and interacts mostly with items that have them, so both the image and
-the text carry the signal a recommender can learn.
+`make_synthetic` ("taste"): every item has a colour and a shape, drawn into its image with PIL and named
+in its text. Every user prefers one colour and one shape and interacts mostly with items that have them,
+so both the image and the text carry the signal a recommender can learn. Cost: users × items.
+
+`make_power_law` ("power_law"): texts only, about `interactions_per_item` interactions per item, item
+popularity Zipf-like (the k-th most popular item drawn ∝ 1/k, as in real purchase logs) and each user
+leaning to one colour named in the texts. Cost: linear in the interactions, for 10^6-item benchmarks.
 """
 
 from __future__ import annotations
@@ -68,3 +72,38 @@ def draw_item(color: tuple[int, int, int], shape: str, background: tuple[int, in
         d.rectangle([size // 2 - w, a, size // 2 + w, b], fill=color)
         d.rectangle([a, size // 2 - w, b, size // 2 + w], fill=color)
     return im
+
+
+def make_power_law(num_users: int, num_items: int, seed: int = 2024, interactions_per_item: float = 10.0,
+                   exponent: float = 1.0, taste: float = 0.7) -> Dataset:
+    rng = np.random.default_rng(seed)
+    color_names = list(COLORS)
+    item_color = rng.integers(len(COLORS), size=num_items)
+    item_shape = rng.integers(len(SHAPES), size=num_items)
+    item_noun = rng.integers(len(NOUNS), size=num_items)
+    # users: at least 3 interactions each (one to train on, one valid, one test), the rest geometric
+    extra = max(interactions_per_item * num_items / num_users - 3, 0.0)
+    counts = 3 + rng.geometric(1 / (1 + extra), size=num_users) - 1
+    users = np.repeat(np.arange(num_users), counts)
+    likes = rng.integers(len(COLORS), size=num_users)[users]
+    # popularity: a random item order, the k-th drawn ∝ k^-exponent; taste draws stay in the user's colour
+    ranked = rng.permutation(num_items)
+    weights = np.arange(1, num_items + 1, dtype=np.float64) ** -exponent
+    items = _draw(rng, ranked, weights, len(users))
+    tasteful = rng.random(len(users)) < taste
+    for c in range(len(COLORS)):
+        in_color = ranked[item_color[ranked] == c]
+        who = np.flatnonzero(tasteful & (likes == c))
+        if len(in_color) and len(who):
+            items[who] = _draw(rng, in_color, np.arange(1, len(in_color) + 1, dtype=np.float64) ** -exponent, len(who))
+    pairs = np.unique(users * num_items + items)  # a user buys an item once
+    users, items = pairs // num_items, pairs % num_items
+    texts = [f"a {color_names[c]} {SHAPES[s]} {NOUNS[w]}" for c, s, w in zip(item_color, item_shape, item_noun)]
+    return Dataset(name="synthetic-power-law", num_users=num_users, num_items=num_items, users=users, items=items,
+                   splits=mmrec_split(users, num_users, seed), item_texts=texts)
+
+
+def _draw(rng: np.random.Generator, items: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """n draws from `items` with probabilities ∝ `weights` (inverse CDF: linear in n and the items)."""
+    cdf = np.cumsum(weights)
+    return items[np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1]), len(items) - 1)]

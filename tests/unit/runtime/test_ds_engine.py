@@ -35,3 +35,17 @@ def test_warmup_then_constant_or_cosine():
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and 0 < cosine(9) < 0.03 and cosine(10) == 0.0
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
         WarmupCosine(warmup=-1, total=10, cosine=False)
+
+
+def test_lazy_adam_is_ours_with_the_base_betas_and_refuses_weight_decay(repo):
+    from ptmrec.runtime.ds_engine import LAZY_ADAM, build_ds_config, load_ds_config
+
+    base = load_ds_config(repo / "ds_config.json")
+    cfg = build_ds_config(base, batch_size=8, num_workers=2, lr=0.01, zero_stage=0, lazy_adam=True)
+    assert cfg["optimizer"] == {"type": LAZY_ADAM, "params": {"lr": 0.01}}
+    base["optimizer"]["params"].update(betas=[0.8, 0.9], weight_decay=0.0)
+    cfg = build_ds_config(base, batch_size=8, num_workers=2, lr=0.01, zero_stage=0, lazy_adam=True)
+    assert cfg["optimizer"]["params"] == {"betas": [0.8, 0.9], "lr": 0.01}
+    base["optimizer"]["params"]["weight_decay"] = 0.1
+    with pytest.raises(ValueError, match="lazy_adam takes no weight decay"):
+        build_ds_config(base, batch_size=8, num_workers=2, lr=0.01, zero_stage=0, lazy_adam=True)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from ptmrec.config import RecommenderConfig
+from ptmrec.config import EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
 from ptmrec.evaluation import evaluate
 from ptmrec.recommenders import build_recommender, get_recommender_class
-from ptmrec.stages.common import epoch_triples, evaluate_distributed, recommender_kwargs
+from ptmrec.stages.common import epoch_triples, eval_protocol, eval_users, evaluate_distributed, recommender_kwargs
 
 
 def toy_interactions(seed=0, users=30, items=25):
@@ -37,7 +37,7 @@ def test_sharded_evaluation_equals_one_process():
     """Each rank scores every world_size-th user; the weighted combination equals a single evaluation."""
     inter = toy_interactions()
     model = build_recommender("bpr", num_users=inter.num_users, num_items=inter.num_items)
-    whole = evaluate_distributed(model, inter, [5, 10], 8, rank=0, world_size=1)
+    whole = evaluate_distributed(model, inter, EvalConfig(ks=[5, 10], batch_users=8), rank=0, world_size=1)
     user_repr, item_repr = model()
     direct = evaluate(lambda u: user_repr[u] @ item_repr.T, inter.test, _csr(inter), ks=[5, 10])
     assert whole["test"] == pytest.approx(direct)
@@ -49,6 +49,27 @@ def test_sharded_evaluation_equals_one_process():
     n = sum(p[0] for p in parts)
     combined = {k: sum(c * m[k] for c, m in parts) / n for k in direct}
     assert combined == pytest.approx(direct)
+
+
+def test_evaluation_batches_by_the_score_budget_and_samples_users_past_the_item_limit():
+    inter = toy_interactions()
+    model = build_recommender("bpr", num_users=inter.num_users, num_items=inter.num_items)
+    full = EvalConfig(ks=[5, 10])
+    # at most max_batch_scores scores at once (here one user's row): the same numbers
+    one_row = EvalConfig(ks=[5, 10], max_batch_scores=inter.num_items)
+    batched, whole = (evaluate_distributed(model, inter, ev, 0, 1) for ev in (one_row, full))
+    for split in ("valid", "test"):
+        assert batched[split] == pytest.approx(whole[split])
+    assert eval_users(full, inter, "test") == sorted(inter.test) and eval_protocol(full, inter.num_items) == "full ranking"
+    # past the item limit: a seeded sample of users per split, ranked in full, the same every time
+    sampled = EvalConfig(ks=[5, 10], sampled_above_items=inter.num_items - 1, sample_users=10)
+    users = eval_users(sampled, inter, "test")
+    assert len(users) == 10 and set(users) <= set(inter.test) and users == eval_users(sampled, inter, "test")
+    assert users != eval_users(sampled, inter, "valid")
+    assert "10 sampled users per split (25 items > eval.sampled_above_items 24)" in eval_protocol(sampled, 25)
+    user_repr, item_repr = model()
+    direct = evaluate(lambda u: user_repr[u] @ item_repr.T, {u: inter.test[u] for u in users}, _csr(inter), ks=[5, 10])
+    assert evaluate_distributed(model, inter, sampled, 0, 1)["test"] == pytest.approx(direct)
 
 
 def _csr(inter):
