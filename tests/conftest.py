@@ -59,3 +59,48 @@ def s3_storage(s3_server):
     storage.ensure_bucket(f"s3://{bucket}")
     storage.bucket = bucket  # for the test's URIs
     return storage
+
+
+# The smoke config's data and finished stages, made once per session (defined here, at the root, so that the
+# integration and fault tests share one instance of each) and copied by the tests that extend them.
+
+def _ptmrec(repo, *args):
+    from tests.integration.conftest import ptmrec
+
+    return ptmrec(repo, *args)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(repo, tmp_path_factory):
+    """The smoke config's synthetic catalogue, prepared once for the session (tests only read it)."""
+    data = tmp_path_factory.mktemp("smoke") / "data"
+    proc = _ptmrec(repo, "-q", "prepare", "--config", "configs/smoke.yaml", "--set", f"data.uri={data}")
+    assert proc.returncode == 0, proc.stderr
+    return data
+
+
+@pytest.fixture(scope="session")
+def smoke_stage1(repo, smoke_data, tmp_path_factory):
+    """A run folder holding a finished stage 1 of the smoke config as it is (tiny-clip features, VBPR) on
+    `smoke_data`, logged to W&B offline in `<run>/../wandb` (test_stage1 reads it): tests copy the folder
+    (`copy_run`) instead of each training their own."""
+    run = tmp_path_factory.mktemp("stage1") / "run"
+    proc = _ptmrec(repo, "stage1", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
+                   "--set", f"run.uri={run}", "--set", f"tracking.dir={run.parent}/wandb",
+                   "--set", "tracking.mode=offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run.parent / "stderr.txt").write_text(proc.stderr)
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_stage2(repo, smoke_data, smoke_stage1, tmp_path_factory):
+    """`smoke_stage1` followed by the smoke config's stage 2 for 3 epochs (prompts, KT), every epoch run
+    (patience off): test_stage2 checks it, the worker-kill test compares a killed run against it."""
+    from tests.integration.conftest import SMOKE_STAGE2, copy_run
+
+    run = tmp_path_factory.mktemp("stage2") / "run"
+    copy_run(smoke_stage1, run)
+    proc = _ptmrec(repo, "stage2", *SMOKE_STAGE2, "--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run
