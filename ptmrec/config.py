@@ -357,8 +357,6 @@ def check_resources(cfg: Config, where: str) -> None:
                        ("stage2.steps_per_epoch", 1 if cfg.stage2.steps_per_epoch is None else cfg.stage2.steps_per_epoch)):
         if value < 1:
             raise ConfigError(f"{where}: {key}: expected 1 or more, got {value}")
-
-
     for name, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
         if stage.optimizer == "lazy_adam" and stage.zero_stage:
             raise ConfigError(f"{where}: {name}.optimizer: lazy_adam updates rows from sparse gradients, which "

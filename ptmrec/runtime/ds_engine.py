@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 DS_CONFIG_KEYS_WE_SET = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-LAZY_ADAM = "LazyAdam"  # optimizer type of stage1.optimizer lazy_adam: ours (runtime/lazy_adam.py), not DeepSpeed's
+LAZY_ADAM = "LazyAdam"  # optimizer type of <stage>.optimizer lazy_adam: ours (runtime/lazy_adam.py), not DeepSpeed's
 
 
 def load_ds_config(path: str | Path) -> dict:
@@ -59,7 +59,7 @@ def build_ds_config(base: dict, *, batch_size: int, num_workers: int, lr: float,
     if lazy_adam:  # built by initialize_engine (DeepSpeed does not know it), with the base's betas and eps
         params = cfg["optimizer"].get("params", {})
         if params.get("weight_decay"):
-            raise ValueError("stage1.optimizer lazy_adam takes no weight decay (the DeepSpeed config sets "
+            raise ValueError("optimizer lazy_adam takes no weight decay (the DeepSpeed config sets "
                              f"{params['weight_decay']}): the model's reg_weight regularises the batch's rows")
         cfg["optimizer"] = {"type": LAZY_ADAM, "params": {k: params[k] for k in ("betas", "eps") if k in params}}
     cfg["optimizer"].setdefault("params", {})["lr"] = lr

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+
 class LazyAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         if lr < 0 or eps < 0 or not all(0 <= b < 1 for b in betas):

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from ptmrec.config import Config, EvalConfig, RecommenderConfig
+from ptmrec.config import Config, ConfigError, EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
 from ptmrec.evaluation import csr_from_pairs, evaluate
 from ptmrec.recommenders import Recommender, get_recommender_class
@@ -61,6 +61,15 @@ def build_recommender_from_config(cfg: Config, inter: Interactions,
     return cls(inter.num_users, inter.num_items, train_interactions=(inter.train_users, inter.train_items),
                features=dict(features or {}) if cls.uses_features else None,
                **recommender_kwargs(cfg.recommender, cls))
+
+
+def check_lazy_adam(cfg: Config, stage: str) -> None:
+    """`<stage>.optimizer: lazy_adam` needs a model whose loss reads only the batch's embedding rows; refused
+    before any work (a graph model would fail in every worker, at `use_sparse_gradients`)."""
+    sparse = get_recommender_class(cfg.recommender.name).takes_sparse_gradients
+    if getattr(cfg, stage).optimizer == "lazy_adam" and not sparse:
+        raise ConfigError(f"{cfg.source_file}: {stage}.optimizer: lazy_adam needs a model whose loss reads only the "
+                          f"batch's embedding rows (bpr, vbpr); {cfg.recommender.name} propagates over all of them")
 
 
 def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig, rank: int,

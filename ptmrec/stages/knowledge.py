@@ -34,9 +34,9 @@ from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import select_device
 from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, cpu_state,
-                                  eval_protocol, evaluate_distributed, load_torch, peak_memory, read_metrics, save_torch,
-                                  settings_fingerprint, write_metrics)
+from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, check_lazy_adam,
+                                  cpu_state, eval_protocol, evaluate_distributed, load_torch, peak_memory,
+                                  read_metrics, save_torch, settings_fingerprint, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
@@ -90,13 +90,10 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
         raise ValueError("stage2.zero_stage: 3 is not supported yet (evaluation reads the adapted towers "
                          "outside the engine); use 0, 1 or 2")
     manifest = load_manifest(storage, cfg.data.uri)
-    cls = get_recommender_class(cfg.recommender.name)
-    if not cls.uses_features:
+    if not get_recommender_class(cfg.recommender.name).uses_features:
         raise ValueError(f"recommender.name: {cfg.recommender.name} is ID-only; the knowledge-guided stage "
                          "tunes item features, so it needs a content model (vbpr, freedom)")
-    if cfg.stage2.optimizer == "lazy_adam" and not cls.takes_sparse_gradients:
-        raise ValueError(f"stage2.optimizer: lazy_adam needs a model whose loss reads only the batch's embedding "
-                         f"rows (vbpr); {cfg.recommender.name} propagates over all of them")
+    check_lazy_adam(cfg, "stage2")
     settings = effective_settings(cfg)
     from ptmrec.encoders.adapters import adapter_options
 
@@ -107,7 +104,8 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
                                 num_workers=sc.num_workers, lr=sc.lr, zero_stage=sc.zero_stage,
                                 lazy_adam=sc.optimizer == "lazy_adam")
     steps = epoch_plan(cfg, manifest, 0, sc.num_workers).steps  # the same every epoch
-    steps = min(steps, sc.steps_per_epoch or steps)
+    if sc.steps_per_epoch is not None:
+        steps = min(steps, sc.steps_per_epoch)
     cache = None
     if sc.layer_cache:
         from ptmrec.stages.layer_cache import ensure_layer_cache

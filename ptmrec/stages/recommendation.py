@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ptmrec.config import Config, ConfigError
+from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest
 from ptmrec.data.stream import read_interactions
 from ptmrec.recommenders import get_recommender_class
@@ -27,9 +27,9 @@ from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import pin, select_device
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
-from ptmrec.stages.common import (build_recommender_from_config, cpu_state, epoch_triples, eval_protocol,
-                                  evaluate_distributed, peak_memory, read_metrics, save_torch, settings_fingerprint,
-                                  write_metrics)
+from ptmrec.stages.common import (build_recommender_from_config, check_lazy_adam, cpu_state, epoch_triples,
+                                  eval_protocol, evaluate_distributed, peak_memory, read_metrics, save_torch,
+                                  settings_fingerprint, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.storage import Storage, join
@@ -46,11 +46,9 @@ def run_recommendation_stage(cfg: Config, progress: bool = True) -> dict:
     """Run stage 1 on the Ray cluster; returns the stage's metrics.json."""
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, cfg.data.uri)
+    check_lazy_adam(cfg, STAGE)
     ray_train.connect(cfg)
     cls = get_recommender_class(cfg.recommender.name)
-    if cfg.stage1.optimizer == "lazy_adam" and not cls.takes_sparse_gradients:
-        raise ConfigError(f"{cfg.source_file}: stage1.optimizer: lazy_adam needs a model whose loss reads only the "
-                          f"batch's embedding rows (bpr, vbpr); {cfg.recommender.name} propagates over all of them")
     features_uri = None
     if cls.uses_features:
         features_uri = extract_frozen_features(cfg, num_workers=cfg.stage1.num_workers,

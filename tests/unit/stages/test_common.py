@@ -5,7 +5,8 @@ from ptmrec.config import EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
 from ptmrec.evaluation import evaluate
 from ptmrec.recommenders import build_recommender, get_recommender_class
-from ptmrec.stages.common import epoch_triples, eval_protocol, eval_users, evaluate_distributed, recommender_kwargs
+from ptmrec.stages.common import (check_lazy_adam, epoch_triples, eval_protocol, eval_users, evaluate_distributed,
+                                  recommender_kwargs)
 
 
 def toy_interactions(seed=0, users=30, items=25):
@@ -102,3 +103,14 @@ def test_recommender_modalities_choose_the_features_a_content_model_uses(repo):
     cfg.recommender.modalities = ["text"]
     with pytest.raises(ValueError, match=r"recommender.modalities: \['text'\] not among the item features \(\['image'\]\)"):
         build_recommender_from_config(cfg, inter, {"image": features["image"]})
+
+
+def test_lazy_adam_is_refused_before_any_work_for_a_graph_model(repo):
+    from ptmrec.config import ConfigError, load_config
+
+    for name, stage in (("bpr", "stage1"), ("vbpr", "stage2")):
+        sets = [f"recommender.name={name}", f"{stage}.optimizer=lazy_adam", f"{stage}.zero_stage=0"]
+        check_lazy_adam(load_config(repo / "configs/smoke.yaml", sets), stage)
+    cfg = load_config(repo / "configs/smoke.yaml", ["recommender.name=lightgcn", "stage1.optimizer=lazy_adam"])
+    with pytest.raises(ConfigError, match="stage1.optimizer: lazy_adam needs .* lightgcn propagates"):
+        check_lazy_adam(cfg, "stage1")
