@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "
-                        "frozen stage 1 and the paired t-test's p-value; also written to <run.uri>-seeds.md")
+                        "frozen stage 1 and the paired t-test's p-value; also written to <run.uri>-seeds.md. The seeds "
+                        "share the base run's frozen features and layer caches (run.features_uri)")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "
                        "or a grid of stage-1 runs (sweep.stage: stage1)",
@@ -218,6 +219,7 @@ def cmd_stage2(args) -> int:
 
 def cmd_compare(args) -> int:
     from ptmrec.report import collect, seed_table
+    from ptmrec.stages.features import features_root
 
     if not args.seeds:
         print(_compare_one(checked_config(args, stage2=True), args.modes, quiet=args.quiet))
@@ -226,7 +228,8 @@ def cmd_compare(args) -> int:
     per_seed = {}
     for seed in args.seeds:
         cfg = load_config(args.config, [*args.overrides, f"run.seed={seed}", f"run.name={base.run.name}-seed{seed}",
-                                        f"run.uri={base.run.uri}-seed{seed}"])
+                                        f"run.uri={base.run.uri}-seed{seed}",
+                                        f"run.features_uri={features_root(base)}"])  # one extraction for all seeds
         print(f"== seed {seed}: {cfg.run.uri}", flush=True)
         _compare_one(cfg, args.modes, quiet=args.quiet)
         per_seed[seed] = collect(_storage(cfg), cfg.run.uri)

@@ -38,6 +38,9 @@ class RunConfig:
     name: str
     uri: str  # where every artifact of the run lives: a local path, file://… or s3://bucket/prefix
     seed: int = 2024
+    # Where the encoder outputs that no seed changes live (frozen features, layer caches), so that runs of
+    # several seeds or settings share one extraction; null: <uri>/features. Adapted features stay per run.
+    features_uri: Optional[str] = None
     ds_config: str = "ds_config.json"  # DeepSpeed's own settings; batch sizes and lr come from the stages
     ray_config: Optional[str] = None  # the Ray side (default: ./ray_config.yaml when present)
 
@@ -372,9 +375,11 @@ def resolve_local_paths(cfg: Config) -> None:
 
     from ptmrec.storage import StorageError, absolute_uri  # storage imports this module: import at call time
 
-    for section, key in ((cfg.run, "run.uri"), (cfg.data, "data.uri")):
+    for section, attr, key in ((cfg.run, "uri", "run.uri"), (cfg.data, "uri", "data.uri"),
+                               (cfg.run, "features_uri", "run.features_uri")):
         try:
-            section.uri = absolute_uri(section.uri)
+            if getattr(section, attr) is not None:
+                setattr(section, attr, absolute_uri(getattr(section, attr)))
         except StorageError as exc:
             raise ConfigError(f"{cfg.source_file or 'config'}: {key}: {exc}") from None
     if cfg.data.path:
@@ -419,7 +424,7 @@ def pinned_overrides(cfg: Config) -> list[str]:
     same config file from another working directory (Ray jobs, Tune trials)."""
     import json
 
-    pins = {"run.uri": cfg.run.uri, "data.uri": cfg.data.uri, "data.path": cfg.data.path,
+    pins = {"run.uri": cfg.run.uri, "run.features_uri": cfg.run.features_uri, "data.uri": cfg.data.uri, "data.path": cfg.data.path,
             "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir,
             "encoder.model": cfg.encoder.model}
     return [f"{k}={json.dumps(v)}" for k, v in pins.items() if v is not None]

@@ -89,8 +89,9 @@ def run_pipeline(cfg: Config, config_path: str, overrides: list[str], address: O
             os.environ.update(s3.env())
             pinned.append(f"storage.endpoint_url={s3.endpoint_url}")
             storage = Storage(dataclasses.replace(cfg.storage, endpoint_url=s3.endpoint_url))
-            for uri in (cfg.run.uri, cfg.data.uri):
-                storage.ensure_bucket(uri)
+            for uri in (cfg.run.uri, cfg.data.uri, cfg.run.features_uri):
+                if uri:
+                    storage.ensure_bucket(uri)
             env_vars.update({k: v for k, v in s3.env().items() if k not in SECRET_ENV})  # the cluster inherits those
             log.info("started the local S3 server on %s (pid %d)", s3.endpoint_url, s3.pid)
         # One pipeline per run URI: a second one would submit the same jobs against the same folders.

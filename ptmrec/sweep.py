@@ -49,10 +49,13 @@ def trial_config(config_path: str, overrides: list[str], base: Config, params: d
 
     Adapter options the point's adapter does not take (a rank for prompts, a prompt length for LoRA) are
     dropped: a space may mix adapters."""
+    from ptmrec.stages.features import features_root
+
     params = drop_foreign_adapter_options(params, base)
     s1 = {k: v for k, v in params.items() if not k.startswith("stage2.")}
     sets = [*overrides, *(_override(k, v) for k, v in params.items()),
-            f"run.uri={join(base.run.uri, 'sweep-stage1', stage1_key(s1))}"]
+            f"run.uri={join(base.run.uri, 'sweep-stage1', stage1_key(s1))}",
+            f"run.features_uri={features_root(base)}"]  # one extraction for every trial
     if trial_name:
         sets += [f"stage2.output=trials/{trial_name}", _override("tracking.tags", [*base.tracking.tags, f"sweep:{base.sweep.name}"])]
     return load_config(config_path, sets)

@@ -67,4 +67,5 @@ def _adapted_features(storage: Storage, cfg: Config, stage: str):
 
     from ptmrec.stages.knowledge import adapted_kind
 
-    return load_features(storage, feature_dir(cfg, load_manifest(storage, cfg.data.uri), kind=adapted_kind(stage)))
+    manifest = load_manifest(storage, cfg.data.uri)
+    return load_features(storage, feature_dir(cfg, manifest, kind=adapted_kind(stage), per_run=True))

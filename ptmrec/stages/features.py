@@ -1,6 +1,6 @@
 """Frozen feature extraction: every item encoded once per modality by the frozen towers, with Ray workers.
 
-Features are written to `<run uri>/features/frozen/<encoder>-<key>/` as `<modality>.npy` (float32
+Features are written to `<run uri>/features/frozen/<encoder>-<key>/` (or `run.features_uri`) as `<modality>.npy` (float32
 [num_items, dim]) plus `meta.json`, written last as the commit marker. The key hashes the encoder
 settings and the item shards' sha256, so a second run with the same settings reuses the features and any
 change (another model, image size, text length, data) extracts anew.
@@ -28,15 +28,22 @@ log = logging.getLogger(__name__)
 META = "meta.json"
 
 
-def feature_dir(cfg: Config, manifest: dict, kind: str = "frozen") -> str:
-    """Where the features of these encoder settings and this data live."""
+def feature_dir(cfg: Config, manifest: dict, kind: str = "frozen", per_run: bool = False) -> str:
+    """Where the features of these encoder settings and this data live: under `run.features_uri` when set,
+    unless they are `per_run` (a stage's adapted features depend on its seed and training)."""
     settings = {"encoder": cfg.encoder.name, "model": cfg.encoder.model, "image_size": cfg.encoder.image_size,
                 "max_text_len": cfg.encoder.max_text_len,
                 # bf16 features (a GPU run) differ from float32 ones: they are not interchangeable
                 "precision": cfg.encoder.precision if cfg.ray.use_gpu else "fp32",
                 "items": [e["sha256"] for e in manifest["shards"]["items"]]}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return join(cfg.run.uri, "features", kind, f"{cfg.encoder.name}-{key}")
+    return join(join(cfg.run.uri, "features") if per_run else features_root(cfg), kind, f"{cfg.encoder.name}-{key}")
+
+
+def features_root(cfg: Config) -> str:
+    """The folder of the run's seed-independent encoder outputs; runs derived from this one (seeds, sweep
+    trials) are pointed at it with `run.features_uri`."""
+    return cfg.run.features_uri or join(cfg.run.uri, "features")
 
 
 def load_features(storage: Storage, uri: str) -> dict[str, torch.Tensor]:

@@ -416,7 +416,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
                                                       "options": asdict(cfg.stage2.adapter), "state": best["adapter"]})
         save_torch(storage, join(out, "recommender.pt"), {"recommender": cfg.recommender.name,
                                                           "state_dict": best["recommender"]})
-        features_uri = feature_dir(cfg, manifest, kind=adapted_kind(name))
+        features_uri = feature_dir(cfg, manifest, kind=adapted_kind(name), per_run=True)
         save_features(storage, features_uri, {m: f.numpy() for m, f in best["features"].items()},
                       {"encoder": cfg.encoder.name, "adapter": settings["adapter"], "epoch": state.best_epoch})
     peak_mb, memory_kind = peak_memory()
