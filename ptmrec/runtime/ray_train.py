@@ -42,7 +42,8 @@ def connect(cfg: Config) -> None:
         # "local" starts a private instance (its workers inherit this process's environment); a bare
         # ray.init() would attach to whatever cluster `ray start` last recorded on this machine, even a
         # dead one.
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "ptmrec.runtime.ray_train.quiet_local_actors"})
 
 
 def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
@@ -261,6 +262,18 @@ def quiet_worker_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
     # DeepSpeed rebuilds every sparse gradient (lazy_adam) from its all-gathered parts and warns each time
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def quiet_local_actors() -> None:
+    """Run in every worker process of a local instance, which has no dashboard, hence no State API: Ray
+    Train's placement-group cleaner asks it once a second whether the controller lives and logs a warning
+    each time it cannot (~1,500 lines in a 30-minute stage), or, when another Ray instance runs on the machine
+    (a test, a second job), dies with a traceback because it cannot tell which instance is its own. It can
+    never act here either way: point it at its own instance and keep only its errors."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def world() -> tuple[int, int]:

@@ -25,6 +25,7 @@ def test_smoke_trains_with_two_workers_through_deepspeed(repo, smoke_data, smoke
     assert metrics["test"]["recall@20"] > 20 / 120
     assert (run / "stage1" / "teacher.pt").is_file() and (run / "stage1" / "model.pt").is_file()
     assert "DeepSpeed" in stderr and "gloo" in stderr.lower() or "deepspeed" in stderr.lower()
+    assert "PlacementGroupCleaner" not in stderr  # no warning a second, no traceback (quiet_local_actors)
     # W&B (offline): one run for the stage, from rank 0 only, with every evaluation and the final summary
     from tests.wandb_reader import read_run
 
