@@ -92,37 +92,63 @@ def evaluate(
         {"recall@10": ..., "ndcg@10": ..., "precision@10": ..., "map@10": ..., ...} for every K, averaged
         over the evaluated users; every value is 0.0 when no user has ground truth.
     """
+    return evaluate_splits(score_fn, {"split": ground_truth}, train_mask, ks, batch_users)["split"]
+
+
+def evaluate_splits(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    splits: Mapping[str, UserItems],
+    train_mask: UserItems,
+    ks: Sequence[int] = (10, 20, 50),
+    batch_users: int = 4096,
+) -> dict[str, dict[str, float]]:
+    """`evaluate` for several splits at once ({name: ground truth} -> {name: metrics}), each exactly as
+    `evaluate` alone gives it. Every split masks the same training items, so a user's ranking is the same
+    for all of them: each user is scored and ranked once, not once per split (valid and test share most
+    users: this halves an evaluation)."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] <= 0:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    num_rows = max(_num_rows(ground_truth), _num_rows(train_mask))
-    truth, mask = _as_csr(ground_truth, num_rows), _as_csr(train_mask, num_rows)
-    users = np.flatnonzero(np.diff(truth[0]) > 0)
-    totals: dict[str, torch.Tensor] = {}
+    num_rows = max([_num_rows(train_mask), *(_num_rows(t) for t in splits.values())])
+    truths = {name: _as_csr(t, num_rows) for name, t in splits.items()}
+    mask = _as_csr(train_mask, num_rows)
+    has = {name: np.diff(t[0]) > 0 for name, t in truths.items()}
+    users = np.flatnonzero(np.logical_or.reduce([np.zeros(num_rows, bool), *has.values()]))
+    totals: dict[str, dict[str, torch.Tensor]] = {name: {} for name in splits}
 
     with torch.no_grad():
         for start in range(0, len(users), batch_users):
             batch = users[start : start + batch_users]
             scores = score_fn(torch.from_numpy(batch))
-            num_items = scores.shape[1]
-            if ks[-1] > num_items:
-                raise ValueError(f"largest K ({ks[-1]}) exceeds the number of items ({num_items})")
+            if ks[-1] > scores.shape[1]:
+                raise ValueError(f"largest K ({ks[-1]}) exceeds the number of items ({scores.shape[1]})")
             device = scores.device
             rows, cols = (torch.from_numpy(a).to(device) for a in _rows(mask, batch))
             # index_put (not index_put_) leaves score_fn's tensor alone, in case it is a view of a cache.
             scores = scores.index_put((rows, cols), torch.tensor(float("-inf"), dtype=scores.dtype, device=device))
             top = torch.topk(scores, ks[-1], dim=1).indices
-
-            relevant = torch.zeros_like(scores, dtype=torch.bool)
-            rows, cols = (torch.from_numpy(a).to(device) for a in _rows(truth, batch))
-            relevant[rows, cols] = True
-            pos_len = torch.from_numpy(np.diff(truth[0])[batch]).to(device, torch.float64)
-            # Summed on the scores' device and read once at the end: no host round trip per batch.
-            for name, values in _batch_metrics(relevant.gather(1, top), pos_len, ks).items():
-                totals[name] = totals[name] + values.sum() if name in totals else values.sum()
+            for name, truth in truths.items():
+                picked = np.flatnonzero(has[name][batch])
+                if len(picked):
+                    _add_batch(totals[name], truth, batch[picked], top[torch.from_numpy(picked).to(device)],
+                               scores.shape[1], ks)
 
     names = [f"{metric}@{k}" for metric in METRICS for k in ks]
-    return {name: float(totals[name]) / max(len(users), 1) if name in totals else 0.0 for name in names}
+    counts = {name: max(int(h.sum()), 1) for name, h in has.items()}
+    return {split: {n: float(t[n]) / counts[split] if n in t else 0.0 for n in names} for split, t in totals.items()}
+
+
+def _add_batch(totals: dict[str, torch.Tensor], truth: CSR, users: np.ndarray, top: torch.Tensor, num_items: int,
+               ks: Sequence[int]) -> None:
+    """Add the metrics of `users` (their top-K item ids `top`) against `truth` to the running sums."""
+    device = top.device
+    relevant = torch.zeros((len(users), num_items), dtype=torch.bool, device=device)
+    rows, cols = (torch.from_numpy(a).to(device) for a in _rows(truth, users))
+    relevant[rows, cols] = True
+    pos_len = torch.from_numpy(np.diff(truth[0])[users]).to(device, torch.float64)
+    # Summed on the scores' device and read once at the end: no host round trip per batch.
+    for name, values in _batch_metrics(relevant.gather(1, top), pos_len, ks).items():
+        totals[name] = totals[name] + values.sum() if name in totals else values.sum()
 
 
 def _batch_metrics(hits: torch.Tensor, pos_len: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:

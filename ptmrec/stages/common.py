@@ -14,7 +14,7 @@ import torch
 
 from ptmrec.config import Config, ConfigError, EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
-from ptmrec.evaluation import csr_from_pairs, evaluate
+from ptmrec.evaluation import csr_from_pairs, evaluate_splits
 from ptmrec.recommenders import Recommender, get_recommender_class
 from ptmrec.storage import Storage, join
 
@@ -91,14 +91,14 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig
     def score(users: torch.Tensor) -> torch.Tensor:
         return user_repr[users.to(user_repr.device)] @ item_repr.T
 
+    mine = {split: {u: truth[u] for u in eval_users(ev, inter, split) if u % world_size == rank}
+            for split, truth in (("valid", inter.valid), ("test", inter.test))}
+    metrics = evaluate_splits(score, mine, mask, ks=ev.ks, batch_users=batch_users)  # one ranking per user
     out = {}
-    for split, truth in (("valid", inter.valid), ("test", inter.test)):
-        mine = {u: truth[u] for u in eval_users(ev, inter, split) if u % world_size == rank}
-        metrics = evaluate(score, mine, mask, ks=ev.ks, batch_users=batch_users) if mine else \
-            {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "map") for k in ev.ks}
-        names = sorted(metrics)
+    for split, users in mine.items():
+        names = sorted(metrics[split])
         # On the model's device: NCCL reduces only device tensors.
-        packed = torch.tensor([len(mine)] + [metrics[n] * len(mine) for n in names], dtype=torch.float64,
+        packed = torch.tensor([len(users)] + [metrics[split][n] * len(users) for n in names], dtype=torch.float64,
                               device=user_repr.device)
         if world_size > 1:
             import torch.distributed as dist

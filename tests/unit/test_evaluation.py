@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ptmrec.evaluation import csr_from_pairs, evaluate
+from ptmrec.evaluation import csr_from_pairs, evaluate, evaluate_splits
 
 L2 = {r: 1 / math.log2(r + 1) for r in range(1, 7)}  # discount of rank r
 
@@ -60,6 +60,22 @@ def test_input_forms_and_batch_size_do_not_change_results():
     train_scipy = sp.csr_matrix((np.ones(len(u)), (u, i)), shape=(5, 6))
     for truth, train, batch in [(truth_csr, train_csr, 1), (TRUTH, train_scipy, 2), (truth_csr, TRAIN, 4096)]:
         assert evaluate(score_fn, truth, train, ks=(2, 4), batch_users=batch) == pytest.approx(reference)
+
+
+def test_splits_ranked_together_give_each_splits_own_metrics():
+    # Overlapping users, a user in one split only, and an empty split; each user is scored once.
+    splits = {"valid": {0: [1], 1: [3], 2: [0]}, "test": TRUTH, "empty": {}}
+    scored = []
+
+    def counting(users):
+        scored.extend(users.tolist())
+        return SCORES[users]
+
+    together = evaluate_splits(counting, splits, TRAIN, ks=(2, 4), batch_users=2)
+    assert sorted(scored) == [0, 1, 2, 3, 4]
+    for name, truth in splits.items():
+        assert together[name] == pytest.approx(evaluate(score_fn, truth, TRAIN, ks=(2, 4)), abs=1e-15), name
+    assert set(together["empty"].values()) == {0.0}
 
 
 def test_training_items_are_masked_but_other_splits_are_not():
