@@ -46,12 +46,27 @@ def table(rows: list[dict], ks: list[int], split: str = "test") -> str:
     for m in rows:
         r20 = m[split].get("recall@20")
         change = f"{100 * (r20 / base - 1):+.1f} %" if base and r20 is not None and m is not rows[0] else "—"
-        share = m.get("encoder_trainable_share")
-        trainable = f"{m.get('encoder_trainable_params', 0):,} ({100 * share:.3f} %)" if share is not None else "0 (frozen)"
+        trainable = encoder_trained(m) or "0 (frozen)"
         peak = m.get("peak_memory_mb")
         lines.append("| " + " | ".join([label(m), *(f"{m[split].get(c, float('nan')):.4f}" for c in cols), change,
                                          trainable, f"{m['wall_s']:.0f}", f"{peak:.0f}" if peak else "—"]) + " |")
     return "\n".join(lines)
+
+
+def encoder_trained(m: dict) -> Optional[str]:
+    """The encoder weights a stage trained, "count (share %)"; None for a frozen encoder."""
+    share = m.get("encoder_trainable_share")
+    return f"{m.get('encoder_trainable_params', 0):,} ({100 * share:.3f} %)" if share is not None else None
+
+
+def _cost_cells(runs: list[dict]) -> list[str]:
+    """What a row's runs cost: the encoder's trained share, the mean wall time, the largest peak memory."""
+    import statistics
+
+    trained = encoder_trained(runs[0]) or "0"
+    walls = [m["wall_s"] for m in runs if "wall_s" in m]
+    peaks = [m["peak_memory_mb"] for m in runs if m.get("peak_memory_mb")]
+    return [trained, f"{statistics.mean(walls):.0f} s" if walls else "—", f"{max(peaks):.0f}" if peaks else "—"]
 
 
 def write_report(storage: Storage, run_uri: str, ks: list[int], metric: str = "recall@20") -> Optional[str]:
@@ -200,7 +215,8 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
     short = {"recall": "R", "ndcg": "N"}
     head = ["stage", "seeds", *(f"test {c}" for c in cols), f"valid {metric}",
-            *(f"Δ {short[c.split('@')[0]]}@{c.split('@')[1]} vs frozen" for c in cols if c.startswith("recall"))]
+            *(f"Δ {short[c.split('@')[0]]}@{c.split('@')[1]} vs frozen" for c in cols if c.startswith("recall")),
+            "encoder trained", "wall (mean)", "peak MB (max)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     labels: list[str] = []
     for rows in per_seed.values():
@@ -218,5 +234,6 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
             deltas = [100 * (ours / base - 1) for ours, base in paired]
             p = paired_t_pvalue([ours - base for ours, base in paired])
             cells.append(mean_std(deltas, "+.1f") + " %" + (f" (p {p:.3f})" if p is not None else "") if deltas else "—")
+        cells += _cost_cells(list(runs.values()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

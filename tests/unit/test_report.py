@@ -9,6 +9,8 @@ def _metrics(stage, r10, r20, valid, mode=None):
          "valid": {"recall@20": valid}}
     if mode:
         m["mode"] = mode
+        m.update(encoder_trainable_params=4096, encoder_trainable_share=0.001)
+    m.update(wall_s=400 * r10 if mode else 1000 * r10, peak_memory_mb=2000 + 5000 * r10 if mode else 900)
     return m
 
 
@@ -22,6 +24,8 @@ def test_seed_table_gives_mean_std_and_paired_deltas():
     # Paired: +10 % on seed 1 and +20 % on seed 2 (R@10), not the change of the means (+16.7 %).
     assert "+15.0 ± +7.1 %" in ours
     assert ours.count(" — ") == 0 and frozen.count("—") == 2  # the frozen rows have no delta against themselves
+    # what the runs cost: the trained share of the encoder, the mean wall time, the largest peak
+    assert frozen.endswith("| 0 | 150 s | 900 |") and ours.endswith("| 4,096 (0.100 %) | 70 s | 3200 |")
     # paired t-test on the differences (0.01, 0.04): t = 1.667 with 1 df, p = 1 - 2 atan(t) / π
     assert "+15.0 ± +7.1 % (p 0.344)" in ours
 
