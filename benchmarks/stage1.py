@@ -26,7 +26,8 @@ from ptmrec.data.stream import read_interactions
 from ptmrec.evaluation import csr_from_pairs, evaluate
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
-from ptmrec.stages.common import build_recommender_from_config, epoch_triples, evaluate_distributed
+from ptmrec.stages.common import (build_recommender_from_config, epoch_triples, eval_batch_users,
+                                  evaluate_distributed)
 from ptmrec.stages.recommendation import train_epoch
 from ptmrec.storage import Storage
 
@@ -103,9 +104,9 @@ def eval_per_split(model, inter, ev) -> None:
     """The library's one-split `evaluate` on valid, then on test: every user ranked once per split."""
     user_repr, item_repr = model()
     mask = csr_from_pairs(inter.train_users, inter.train_items, inter.num_users)
-    batch_users = max(1, min(ev.batch_users, ev.max_batch_scores // inter.num_items))
     for truth in (inter.valid, inter.test):
-        evaluate(lambda u: user_repr[u] @ item_repr.T, truth, mask, ks=ev.ks, batch_users=batch_users)
+        evaluate(lambda u: user_repr[u] @ item_repr.T, truth, mask, ks=ev.ks,
+                 batch_users=eval_batch_users(ev, inter.num_items))
 
 
 def best_of(fn, repeats: int) -> float:

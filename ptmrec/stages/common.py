@@ -86,7 +86,7 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig
     with torch.no_grad():
         user_repr, item_repr = model()
     mask = csr_from_pairs(inter.train_users, inter.train_items, inter.num_users)
-    batch_users = max(1, min(ev.batch_users, ev.max_batch_scores // inter.num_items))
+    batch_users = eval_batch_users(ev, inter.num_items)
 
     def score(users: torch.Tensor) -> torch.Tensor:
         return user_repr[users.to(user_repr.device)] @ item_repr.T
@@ -108,6 +108,11 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig
         out[split] = {n: float(v) / total for n, v in zip(names, packed[1:].tolist())}
     model.train(was_training)
     return out
+
+
+def eval_batch_users(ev: EvalConfig, num_items: int) -> int:
+    """Users ranked at once: `ev.batch_users`, fewer where their scores would pass `ev.max_batch_scores`."""
+    return max(1, min(ev.batch_users, ev.max_batch_scores // num_items))
 
 
 def sampled_evaluation(ev: EvalConfig, num_items: int) -> bool:

@@ -1,9 +1,9 @@
 """Frozen feature extraction: every item encoded once per modality by the frozen towers, with Ray workers.
 
-Features are written to `<run uri>/features/frozen/<encoder>-<key>/` (or `run.features_uri`) as `<modality>.npy` (float32
-[num_items, dim]) plus `meta.json`, written last as the commit marker. The key hashes the encoder
-settings and the item shards' sha256, so a second run with the same settings reuses the features and any
-change (another model, image size, text length, data) extracts anew.
+Features are written to `<run uri>/features/frozen/<encoder>-<key>/` (or under `run.features_uri`) as
+`<modality>.npy` (float32 [num_items, dim]) plus `meta.json`, written last as the commit marker. The key
+hashes the encoder settings and the item shards' sha256, so a second run with the same settings reuses the
+features and any change (another model, image size, text length, data) extracts anew.
 """
 
 from __future__ import annotations
