@@ -73,8 +73,10 @@ def save_features(storage: Storage, uri: str, features: dict[str, np.ndarray], e
 
 
 def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress: bool = True,
-                 device: Optional[torch.device] = None, cache=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Encode this rank's share of the item shards: (item ids [n], {modality: [n, dim]}).
+                 device: Optional[torch.device] = None, cache=None,
+                 limit: Optional[int] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Encode this rank's share of the item shards (or its first batches, `limit` items or a little more):
+    (item ids [n], {modality: [n, dim]}).
 
     Decoding, resizing and tokenising run in `ray.loader_workers` DataLoader processes; batches reach
     `device` from pinned memory; the encoders run under `encoder.precision`'s autocast there. Features stay
@@ -109,6 +111,8 @@ def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress
             for m, f in encode_batch(encoder, batch, device, cfg.encoder.precision).items():
                 parts[m].append(f)
             bar.update(len(ids[-1]))
+            if limit is not None and sum(map(len, ids)) >= limit:
+                break
     bar.close()
     if not ids:
         return np.zeros(0, dtype=np.int64), {}

@@ -64,6 +64,10 @@ def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smo
     # The starting point is epoch 0, a candidate: the chosen epoch is never worse on valid than it.
     start = metrics["history"][0]
     assert start["epoch"] == 0 and "valid/recall@20" in start and "loss/bpr" not in start
+    # ... and it is stage 1's model: evaluated on the frozen features (the adapters passed the identity probe)
+    stage1 = json.loads((run / "stage1" / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert {k: start[f"{split}/{k}"] for k in stage1[split]} == pytest.approx(stage1[split], abs=1e-9)
     assert metrics["valid"]["recall@20"] >= start["valid/recall@20"]
     assert metrics["start_is_best"] == (metrics["best_epoch"] == 0)
     assert 0 < metrics["encoder_trainable_params"] < metrics["encoder_total_params"]
