@@ -29,7 +29,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("stage2.adapter.top_layers", lambda v: v is None or v >= 1, "null (every layer) or an integer of 1 or more"),
     *((k, lambda v: v >= 0, NON_NEGATIVE) for k in ("stage2.kt.weight", "stage2.kt.sampled_users",
                                                       "stage2.warmup_steps", "ray.max_failures",
-                                                      "storage.outage_budget_s")),
+                                                      "storage.outage_budget_s", "sweep.trial_cpus")),
     ("stage2.zero_stage", lambda v: v in (0, 1, 2), "0, 1 or 2 (ZeRO-3 is not supported: evaluation reads the "
                                                     "adapted towers outside the engine)"),
 ]

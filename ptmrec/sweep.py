@@ -88,6 +88,18 @@ def validate_space(config_path: str, overrides: list[str], base: Config) -> None
             load_config(config_path, [*overrides, _override(key, value)])
 
 
+def check_trial_fits(base: Config, cluster_cpus: float) -> None:
+    """A stage-2 trial holds `sweep.trial_cpus` while its workers start: if both cannot fit on the cluster at
+    once, the workers would wait forever. Fail in one line instead."""
+    sw, workers = base.sweep, base.stage2.num_workers
+    need = sw.trial_cpus * sw.max_concurrent_trials + workers * base.ray.cpus_per_worker
+    if need > cluster_cpus and not base.ray.wait_for_resources:
+        raise ConfigError(f"sweep.trial_cpus {sw.trial_cpus:g} (× {sw.max_concurrent_trials} concurrent trials) + "
+                          f"{workers} stage-2 workers × ray.cpus_per_worker {base.ray.cpus_per_worker:g} need "
+                          f"{need:g} CPUs and the Ray cluster has {cluster_cpus:g}; lower sweep.trial_cpus (0 is "
+                          f"allowed: the trial's driver only waits) or ray.cpus_per_worker")
+
+
 def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> dict:
     """Run (or resume) the sweep; returns {"best": {...}, "trials": [...], ...}."""
     from ptmrec.runtime import ray_train
@@ -102,6 +114,10 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     validate_space(config_path, overrides, base)
     storage = Storage(base.storage)
     ray_train.connect(base)
+    if sw.stage == "stage2":
+        import ray
+
+        check_trial_fits(base, ray.cluster_resources().get("CPU", 0.0))
     metric = f"valid/{base.eval.metric}"
 
     # 1. Stage 1 once per distinct stage-1 setting.

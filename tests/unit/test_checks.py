@@ -16,6 +16,7 @@ BAD = {
     "stage1.epochs=-1": "stage1.epochs: expected an integer of 1 or more, got -1",
     "data.shard_items=0": "data.shard_items: expected an integer of 1 or more, got 0",
     "storage.outage_budget_s=-5": "storage.outage_budget_s: expected 0 or more, got -5",
+    "sweep.trial_cpus=-1": "sweep.trial_cpus: expected 0 or more, got -1",
     "stage1.num_workers=0": "stage1.num_workers: expected an integer of 1 or more, got 0",
     "stage2.zero_stage=3": "stage2.zero_stage: expected 0, 1 or 2",
     "sweep.space={stage2.kt.weigth: [1.0]}": "sweep.space.stage2.kt.weigth: not a config key",

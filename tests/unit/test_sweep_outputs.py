@@ -41,3 +41,13 @@ def test_a_stage1_sweep_takes_no_stage2_keys(repo):
     sets = ["sweep={stage: stage1, space: {stage2.kt.weight: [0.1]}}"]
     with pytest.raises(ConfigError, match=r"sweep.space.stage2.kt.weight: a stage-1 sweep"):
         validate_space(path, sets, load_config(path, sets))
+
+
+def test_a_stage2_trial_that_cannot_fit_next_to_its_workers_fails_in_one_line(repo):
+    from ptmrec.sweep import check_trial_fits
+
+    base = load_config(str(repo / "configs/amazon-clothing.yaml"), ["stage2.num_workers=1", "ray.cpus_per_worker=2"])
+    with pytest.raises(ConfigError, match=r"need 2.25 CPUs and the Ray cluster has 2; lower sweep.trial_cpus"):
+        check_trial_fits(base, 2.0)
+    check_trial_fits(base, 3.0)
+    check_trial_fits(load_config(str(repo / "configs/amazon-clothing.yaml"), ["sweep.trial_cpus=0"]), 2.0)
