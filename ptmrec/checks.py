@@ -19,7 +19,8 @@ from ptmrec.config import Config, ConfigError
 POSITIVE, AT_LEAST_ONE, NON_NEGATIVE = "a number above 0", "an integer of 1 or more", "0 or more"
 RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     *((k, lambda v: v > 0, POSITIVE) for k in ("stage1.lr", "stage2.lr", "stage2.recommender_lr",
-                                                 "stage2.kt.temperature", "encoder.image_size")),
+                                                 "stage2.kt.temperature", "encoder.image_size",
+                                                 "sweep.trial_cpus")),
     *((k, lambda v: v >= 1, AT_LEAST_ONE) for k in (
         "stage1.epochs", "stage1.patience", "stage1.batch_size", "stage1.eval_every", "stage1.num_workers",
         "stage2.epochs", "stage2.patience", "stage2.pairs_per_step", "stage2.num_workers", "eval.batch_users",
@@ -29,7 +30,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("stage2.adapter.top_layers", lambda v: v is None or v >= 1, "null (every layer) or an integer of 1 or more"),
     *((k, lambda v: v >= 0, NON_NEGATIVE) for k in ("stage2.kt.weight", "stage2.kt.sampled_users",
                                                       "stage2.warmup_steps", "ray.max_failures",
-                                                      "storage.outage_budget_s", "sweep.trial_cpus")),
+                                                      "storage.outage_budget_s")),
     ("stage2.zero_stage", lambda v: v in (0, 1, 2), "0, 1 or 2 (ZeRO-3 is not supported: evaluation reads the "
                                                     "adapted towers outside the engine)"),
 ]

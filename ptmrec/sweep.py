@@ -96,8 +96,8 @@ def check_trial_fits(base: Config, cluster_cpus: float) -> None:
     if need > cluster_cpus and not base.ray.wait_for_resources:
         raise ConfigError(f"sweep.trial_cpus {sw.trial_cpus:g} (× {sw.max_concurrent_trials} concurrent trials) + "
                           f"{workers} stage-2 workers × ray.cpus_per_worker {base.ray.cpus_per_worker:g} need "
-                          f"{need:g} CPUs and the Ray cluster has {cluster_cpus:g}; lower sweep.trial_cpus (0 is "
-                          f"allowed: the trial's driver only waits) or ray.cpus_per_worker")
+                          f"{need:g} CPUs and the Ray cluster has {cluster_cpus:g}; lower ray.cpus_per_worker (a worker "
+                          f"still runs round(ray.cpus_per_worker) threads) or sweep.trial_cpus")
 
 
 def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> dict:

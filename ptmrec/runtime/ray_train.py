@@ -248,6 +248,30 @@ def _last_line(exc: BaseException) -> str:
 # -------------------------------------------------------------------------------- worker-side helpers
 
 
+def use_assigned_cpus(cfg: Config, cpus: Optional[float] = None) -> int:
+    """Give this worker's torch its CPUs (`ray.cpus_per_worker` unless given) as threads, rounded (at least 1);
+    returns the count. Ray floors a fractional share (1.75 CPUs → 1 thread), which would halve a worker given
+    1.75 of 2 cores so that a sweep trial's driver (`sweep.trial_cpus`) fits beside it."""
+    import torch
+
+    threads = max(1, round(cfg.ray.cpus_per_worker if cpus is None else cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def worker_task(fn, cfg: Config, cpus: float):
+    """`fn` as a Ray task with a worker's resources (`cpus` CPUs, a GPU on GPU runs) and, like the stages'
+    workers, round(cpus) torch threads (`use_assigned_cpus`)."""
+    import ray
+
+    def run(*args, **kwargs):
+        use_assigned_cpus(cfg, cpus)
+        return fn(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = fn.__name__  # how Ray names the task in its logs
+    return ray.remote(num_cpus=cpus, num_gpus=1 if cfg.ray.use_gpu else 0)(run)
+
+
 def quiet_worker_logs() -> None:
     """Drop Ray Train's per-report INFO lines (one per rank per report, each with every metric) from the
     job log; our own per-epoch line says the same once. Ray names these loggers by their module file."""

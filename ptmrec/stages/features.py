@@ -141,6 +141,8 @@ def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: floa
     """Make sure the frozen features exist (extracting them with Ray tasks if not); returns their folder."""
     import ray
 
+    from ptmrec.runtime.ray_train import worker_task
+
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, cfg.data.uri)
     if not manifest["modalities"]:
@@ -154,7 +156,7 @@ def extract_frozen_features(cfg: Config, num_workers: int, cpus_per_worker: floa
     start = time.perf_counter()
     workers = max(1, min(num_workers, len(manifest["shards"]["items"])))
     # A GPU run encodes on GPUs: one per task, so tasks beyond the cluster's GPUs simply queue.
-    task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if cfg.ray.use_gpu else 0)(encode_items)
+    task = worker_task(encode_items, cfg, cpus_per_worker)
     parts = ray.get([task.remote(cfg, rank, workers, progress=progress) for rank in range(workers)])
     num_items = manifest["num_items"]
     features: dict[str, np.ndarray] = {}

@@ -139,6 +139,7 @@ def knowledge_worker(config: dict) -> None:
     nodes = ray_train.worker_nodes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ray_train.quiet_worker_logs()
+    ray_train.use_assigned_cpus(cfg)
     torch.manual_seed(cfg.run.seed)
     start = time.perf_counter()
 

@@ -96,6 +96,8 @@ def ensure_layer_cache(cfg: Config, adapter: str, num_workers: int, cpus_per_wor
     whole shards of an interrupted build kept) with Ray tasks."""
     import ray
 
+    from ptmrec.runtime.ray_train import worker_task
+
     from ptmrec.stages.common import build_configured_encoder
 
     storage = Storage(cfg.storage)
@@ -110,7 +112,7 @@ def ensure_layer_cache(cfg: Config, adapter: str, num_workers: int, cpus_per_wor
     start = time.perf_counter()
     sources = cache_sources(cfg, manifest, uri)
     workers = max(1, min(num_workers, len(sources)))
-    task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if cfg.ray.use_gpu else 0)(build_cache_shards)
+    task = worker_task(build_cache_shards, cfg, cpus_per_worker)
     parts = ray.get([task.remote(cfg, adapter, sources[rank::workers], rank, progress) for rank in range(workers)])
     cache = finish_cache(cfg, storage, uri, frozen, sources, [e for part in parts for e in part],
                          time.perf_counter() - start)

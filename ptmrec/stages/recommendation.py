@@ -78,6 +78,7 @@ def recommendation_worker(config: dict) -> None:
     nodes = ray_train.worker_nodes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ray_train.quiet_worker_logs()
+    ray_train.use_assigned_cpus(cfg)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DeepSpeed broadcasts anyway)
     start = time.perf_counter()
 

@@ -47,7 +47,7 @@ def test_a_stage2_trial_that_cannot_fit_next_to_its_workers_fails_in_one_line(re
     from ptmrec.sweep import check_trial_fits
 
     base = load_config(str(repo / "configs/amazon-clothing.yaml"), ["stage2.num_workers=1", "ray.cpus_per_worker=2"])
-    with pytest.raises(ConfigError, match=r"need 2.25 CPUs and the Ray cluster has 2; lower sweep.trial_cpus"):
+    with pytest.raises(ConfigError, match=r"need 2.25 CPUs and the Ray cluster has 2; lower ray.cpus_per_worker"):
         check_trial_fits(base, 2.0)
     check_trial_fits(base, 3.0)
-    check_trial_fits(load_config(str(repo / "configs/amazon-clothing.yaml"), ["sweep.trial_cpus=0"]), 2.0)
+    check_trial_fits(load_config(str(repo / "configs/amazon-clothing.yaml"), ["ray.cpus_per_worker=1.75"]), 2.0)

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from ptmrec.config import ConfigError, load_config
+from ptmrec.runtime import ray_train
 from ptmrec.runtime.ray_train import check_placement, root_cause
 
 
@@ -140,3 +141,33 @@ def test_the_checkpoint_file_system_keeps_its_retry_budget_when_pickled(repo):
     again = pickle.loads(pickle.dumps(fs))  # as Ray hands it to its controller and workers
     assert path == "bkt/run/ray" and again.type_name == "py::ptmrec-s3"
     assert again.handler.attempts == pyarrow_attempts(120) and again.handler.options["endpoint_override"] == "127.0.0.1:9"
+
+
+@pytest.mark.parametrize("cpus,threads", [(0.5, 1), (1.0, 1), (1.75, 2), (2.0, 2), (7.6, 8)])
+def test_a_worker_runs_its_cpu_share_rounded_as_torch_threads(repo, cpus, threads):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(str(repo / "configs/smoke.yaml"), [f"ray.cpus_per_worker={cpus}"])
+        assert ray_train.use_assigned_cpus(cfg) == threads == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads_and_echo(value):
+    import torch
+
+    return torch.get_num_threads(), value
+
+
+@pytest.mark.slow
+def test_a_worker_task_runs_round_cpus_threads_where_ray_would_run_one(repo):
+    # (a fresh Ray worker given 1.75 CPUs starts with OMP_NUM_THREADS=1: Ray floors the share)
+    cfg = load_config(str(repo / "configs/smoke.yaml"))
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        task = ray_train.worker_task(_threads_and_echo, cfg, 1.75)
+        assert ray.get(task.remote("x")) == (2, "x")
+    finally:
+        ray.shutdown()
