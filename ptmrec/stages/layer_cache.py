@@ -97,7 +97,6 @@ def ensure_layer_cache(cfg: Config, adapter: str, num_workers: int, cpus_per_wor
     import ray
 
     from ptmrec.runtime.ray_train import worker_task
-
     from ptmrec.stages.common import build_configured_encoder
 
     storage = Storage(cfg.storage)
