@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with sweep.stage: stage1 the trials are the stage-1 runs themselves (every combination, "
                        "each early-stopped on valid: a tuned frozen baseline). The best trial is chosen by valid, "
                        "its test metric shown beside it (sweep.select: test reproduces MMRec's pick-by-test, "
-                       "labelled as test-set leakage). Started again, an interrupted sweep resumes. Writes "
+                       "labelled as test-set leakage). Started again, an interrupted sweep resumes (a stage-2 sweep "
+                       "then starts all its pending trials at once: see the README's known problems). Writes "
                        "<run.uri>/sweep-<name>.json, .csv and .png.")
     _add_config_args(p)
 

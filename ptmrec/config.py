@@ -425,8 +425,8 @@ def pinned_overrides(cfg: Config) -> list[str]:
     import json
 
     pins = {"run.uri": cfg.run.uri, "run.features_uri": cfg.run.features_uri, "data.uri": cfg.data.uri,
-            "data.path": cfg.data.path, "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config, "tracking.dir": cfg.tracking.dir,
-            "encoder.model": cfg.encoder.model}
+            "data.path": cfg.data.path, "run.ds_config": cfg.run.ds_config, "run.ray_config": cfg.run.ray_config,
+            "tracking.dir": cfg.tracking.dir, "encoder.model": cfg.encoder.model}
     return [f"{k}={json.dumps(v)}" for k, v in pins.items() if v is not None]
 
 

@@ -373,20 +373,29 @@ def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_siz
                       device: torch.device, cache=None) -> dict[str, torch.Tensor]:
     """Every item through the adapted encoder, each rank its share of the shards, gathered on all ranks
     (on the CPU: the evaluation model is rebuilt from them)."""
-    was_training = any(m.training for m in encoder.modules())  # set_train_mode keeps the root in eval
-    ids, feats = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device, cache=cache)
-    set_train_mode(encoder, was_training)
-    parts = [(ids, feats)]
+    share = _encode_share(cfg, encoder, rank, world_size, device, cache)
+    parts = [share]
     if world_size > 1:
         import torch.distributed as dist
 
         parts = [None] * world_size
-        dist.all_gather_object(parts, (ids, feats))
+        dist.all_gather_object(parts, share)
     out: dict[str, torch.Tensor] = {}
     for part_ids, part_feats in parts:
         for m, array in part_feats.items():
             out.setdefault(m, torch.zeros(num_items, array.shape[1]))[torch.from_numpy(part_ids)] = torch.from_numpy(array)
     return out
+
+
+def _encode_share(cfg: Config, encoder, rank: int, world_size: int, device: torch.device, cache=None,
+                  limit: Optional[int] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """This rank's share of the catalogue (or its first `limit` items) through the adapted encoder in eval
+    mode, the adapters left training if they were."""
+    was_training = any(m.training for m in encoder.modules())  # set_train_mode keeps the root in eval
+    share = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device, cache=cache,
+                         limit=limit)
+    set_train_mode(encoder, was_training)
+    return share
 
 
 def _evaluate_adapted(cfg: Config, inter, recommender, adapted: dict[str, torch.Tensor], rank: int,
@@ -428,10 +437,7 @@ def start_features(cfg: Config, encoder, frozen: dict[str, torch.Tensor], rank: 
     Every registered adapter starts as the identity (tested), so the probe saves encoding the whole catalogue
     once more for epoch 0 (Amazon Clothing, LoRA through the layer cache, 2 cores: about 100 s of a 400 s
     stage 2); an adapter that does not (`prompt_style: inserted`) fails it and costs only the probe."""
-    was_training = any(m.training for m in encoder.modules())  # set_train_mode keeps the root in eval
-    ids, probe = encode_items(cfg, rank, world_size, encoder=encoder, progress=False, device=device, cache=cache,
-                              limit=PROBE_ITEMS)
-    set_train_mode(encoder, was_training)
+    ids, probe = _encode_share(cfg, encoder, rank, world_size, device, cache, limit=PROBE_ITEMS)
     gap = feature_gap(ids, probe, frozen)
     if world_size > 1:  # every rank takes the same branch: re-encoding gathers across ranks
         import torch.distributed as dist
