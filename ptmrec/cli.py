@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with sweep.stage: stage1 the trials are the stage-1 runs themselves (every combination, "
                        "each early-stopped on valid: a tuned frozen baseline). The best trial is chosen by valid, "
                        "its test metric shown beside it (sweep.select: test reproduces MMRec's pick-by-test, "
-                       "labelled as test-set leakage). Started again, an interrupted sweep resumes (a stage-2 sweep "
-                       "then starts all its pending trials at once: see the README's known problems). Writes "
+                       "labelled as test-set leakage). Started again, a sweep reuses its finished (and ASHA-stopped) "
+                       "trials and runs only the rest, an interrupted trial resuming from its checkpoint. Writes "
                        "<run.uri>/sweep-<name>.json, .csv and .png.")
     _add_config_args(p)
 

@@ -7,8 +7,10 @@ changes stage 1. Stage 1 is trained once per distinct stage-1 setting, before th
 `<run uri>/sweep-stage1/<hash>/`, and every trial with those settings reuses it.
 
 - `sweep.stage: stage2`: each trial runs stage 2 (Ray Train + DeepSpeed inside the Tune trial) and
-  reports every epoch to Tune; ASHA stops weak trials on the **valid** metric. An interrupted sweep
-  resumes (`Tuner.restore`) when started again.
+  reports every epoch to Tune; ASHA stops weak trials on the **valid** metric (never in their last epoch).
+  The trials are fixed before any runs and named by their params (`trials/<hash>`): started again, a sweep
+  reuses the trials that finished or were stopped and runs the rest in a new Tune run, resuming an
+  interrupted trial from its checkpoint.
 - `sweep.stage: stage1`: the trials are the stage-1 runs themselves (each early-stopped on valid), every
   combination of the space; finished ones are reused, so an interrupted grid resumes too.
 
@@ -27,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import random
 from typing import Any
 
 from ptmrec.config import Config, ConfigError, load_config, pinned_overrides
@@ -113,7 +116,7 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     sw = base.sweep
     validate_space(config_path, overrides, base)
     storage = Storage(base.storage)
-    ray_train.connect(base)
+    ray_train.connect(base, state_api=sw.stage == "stage2")
     if sw.stage == "stage2":
         import ray
 
@@ -142,53 +145,87 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     return _summarise(base, storage, metric, trials)
 
 
+def sweep_points(base: Config) -> list[tuple[str, dict[str, Any]]]:
+    """The (name, params) of every stage-2 trial, fixed before anything runs so that a rerun finds the same ones:
+    every combination (grid, `num_samples` times over) or `num_samples` draws seeded by `run.seed` (random). The
+    name is a hash of the params (a repeat gets `-<n>`): it names the trial's output folder."""
+    sw, keys = base.sweep, list(base.sweep.space)
+    if sw.search == "grid":
+        points = [dict(zip(keys, combo)) for combo in itertools.product(*(sw.space[k] for k in keys))] * sw.num_samples
+    else:
+        rng = random.Random(base.run.seed)
+        points = [{k: rng.choice(sw.space[k]) for k in keys} for _ in range(sw.num_samples)]
+    seen: dict[str, int] = {}
+    named = []
+    for params in points:
+        key = stage1_key(params)
+        seen[key] = seen.get(key, 0) + 1
+        named.append((key if seen[key] == 1 else f"{key}-{seen[key] - 1}", params))
+    return named
+
+
 def _tune_stage2(config_path: str, overrides: list[str], base: Config, storage: Storage, metric: str) -> list[dict]:
-    """Stage 2 per trial, under Tune with ASHA on the valid metric; one record per trial."""
+    """Stage 2 per trial, under Tune with ASHA on the valid metric; one record per trial. Trials finished or stopped
+    by an earlier run of the same sweep are reported from their outputs, not run again; an interrupted trial
+    resumes from its latest checkpoint (its Ray Train run has the same name)."""
+    sw = base.sweep
+    trials, pending = {}, []
+    for name, params in sweep_points(base):
+        cfg = trial_config(config_path, overrides, base, params, trial_name=name)
+        trial = _trial(name, params, cfg.run.uri, storage, join(cfg.run.uri, cfg.stage2.output))
+        if "error" not in trial or "stopped" in trial:
+            log.info("trial %s %s already %s: reusing it", name, params, "stopped" if "stopped" in trial else "finished")
+        else:
+            pending.append({"name": name, "params": params})
+        trials[name] = trial
+    if pending:
+        log.info("sweep %s: %d of %d trials to run", sw.name, len(pending), len(trials))
+        for result in _run_tuner(config_path, overrides, base, metric, pending):
+            point = result.config["point"]
+            cfg = trial_config(config_path, overrides, base, point["params"], trial_name=point["name"])
+            out = join(cfg.run.uri, cfg.stage2.output)
+            if not storage.exists(join(out, "metrics.json")) and result.error is None:
+                # Tune stopped it (ASHA): record that, so that a rerun does not train it again
+                storage.write_text(join(out, STOPPED), json.dumps({"after_epoch": result.metrics.get("epoch"),
+                                                                   metric: result.metrics.get(metric)}) + "\n")
+            trial = _trial(point["name"], point["params"], cfg.run.uri, storage, out)
+            if "error" in trial and "stopped" not in trial:
+                trial["error"] = str(result.error or trial["error"])
+            trials[point["name"]] = trial
+    return list(trials.values())
+
+
+STOPPED = "stopped.json"  # beside where metrics.json would be: the sweep's scheduler stopped this trial
+
+
+def _run_tuner(config_path: str, overrides: list[str], base: Config, metric: str, points: list[dict]):
+    """One Tune run over `points` (a grid over them: no more, no fewer), at most `sweep.max_concurrent_trials` at
+    a time; returns Tune's results."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune import RunConfig, TuneConfig
 
     from ptmrec.runtime import ray_train
+    from ptmrec.runtime.scheduler import LastEpochFinishes
 
     sw = base.sweep
 
-    def trainable(params: dict) -> None:
+    def trainable(config: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from ptmrec.stages.knowledge import run_knowledge_stage
 
-        name = tune.get_context().get_trial_id()
-        cfg = trial_config(config_path, overrides, base, params, trial_name=name)
+        point = config["point"]
+        cfg = trial_config(config_path, overrides, base, point["params"], trial_name=point["name"])
         run_knowledge_stage(cfg, progress=False, callbacks=[TuneReportCallback()])
 
-    pick = tune.grid_search if sw.search == "grid" else tune.choice
-    param_space = {k: pick(v) for k, v in sw.space.items()}
     storage_path, filesystem = ray_train.ray_storage(base, "ray_tune")
-    path = os.path.join(storage_path, sw.name) if filesystem is None else f"{storage_path}/{sw.name}"
-    trainable = tune.with_resources(trainable, {"CPU": sw.trial_cpus})
-    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        log.info("resuming the interrupted sweep at %s", path)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=filesystem)
-    else:
-        from ray.tune import RunConfig, TuneConfig
-
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=TuneConfig(metric=metric, mode="max", num_samples=sw.num_samples,
-                                   max_concurrent_trials=sw.max_concurrent_trials,
-                                   scheduler=ASHAScheduler(grace_period=sw.grace_period,
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": sw.trial_cpus}), param_space={"point": tune.grid_search(points)},
+        tune_config=TuneConfig(metric=metric, mode="max", max_concurrent_trials=sw.max_concurrent_trials,
+                               scheduler=LastEpochFinishes(grace_period=sw.grace_period,
                                                            reduction_factor=sw.reduction_factor)),
-            run_config=RunConfig(name=sw.name, storage_path=storage_path, storage_filesystem=filesystem))
-    trials = []
-    for result in tuner.fit():
-        params = {k: result.config[k] for k in sw.space}
-        trial_id = result.metrics.get("trial_id", "")
-        cfg = trial_config(config_path, overrides, base, params, trial_name=trial_id)
-        trial = _trial(trial_id, params, cfg.run.uri, storage, join(cfg.run.uri, cfg.stage2.output))
-        if "error" in trial:  # stopped by ASHA before its first epoch ended, or failed
-            trial["error"] = str(result.error or trial["error"])
-        trials.append(trial)
-    return trials
+        run_config=RunConfig(name=sw.name, storage_path=storage_path, storage_filesystem=filesystem))
+    return tuner.fit()
 
 
 def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metrics_uri: str) -> dict:
@@ -200,6 +237,8 @@ def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metri
         trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
     except StorageError:
         trial["error"] = "no metrics"
+        if storage.exists(join(metrics_uri, STOPPED)):
+            trial["stopped"] = json.loads(storage.read_text(join(metrics_uri, STOPPED)))
     return trial
 
 
@@ -297,7 +336,8 @@ def format_sweep(summary: dict) -> str:
     for t in summary["trials"]:
         mark = f"  <- best (by {select})" if t["trial"] == summary["best"]["trial"] else ""
         v, te = t["valid"].get(key), t["test"].get(key)
-        rows.append(f"{str(t['trial']):<14}{(f'{v:.4f}' if v is not None else 'stopped'):>16}"
+        state = f"{v:.4f}" if v is not None else "stopped" if "stopped" in t else "failed"
+        rows.append(f"{str(t['trial']):<14}{state:>16}"
                     f"{(f'{te:.4f}' if te is not None else '-'):>16}  {json.dumps(t['params'])}{mark}")
     if select == "test":
         rows.append(f"NOTE: {SELECTED_ON_TEST}")

@@ -25,8 +25,13 @@ from ptmrec.storage import Storage, join, parse_uri
 log = logging.getLogger(__name__)
 
 
-def connect(cfg: Config) -> None:
-    """Join the Ray cluster the config or RAY_ADDRESS names, or start a local one (2-core friendly)."""
+def connect(cfg: Config, state_api: bool = False) -> None:
+    """Join the Ray cluster the config or RAY_ADDRESS names, or start a local one (2-core friendly).
+
+    A local instance runs without Ray's dashboard (a process and a CPU share saved on small machines) unless
+    `state_api`: a sweep needs it, because Tune stops trials by killing them, and only the dashboard's State API
+    lets Ray Train's placement-group cleaner see that a killed trial's controller is gone and free its workers'
+    CPUs; without it the next trial's workers wait for CPUs that never come back."""
     import ray
 
     if ray.is_initialized():
@@ -42,7 +47,7 @@ def connect(cfg: Config) -> None:
         # "local" starts a private instance (its workers inherit this process's environment); a bare
         # ray.init() would attach to whatever cluster `ray start` last recorded on this machine, even a
         # dead one.
-        ray.init(address="local", include_dashboard=False,
+        ray.init(address="local", include_dashboard=state_api,
                  runtime_env={"worker_process_setup_hook": "ptmrec.runtime.ray_train.quiet_local_actors"})
 
 
@@ -289,11 +294,11 @@ def quiet_worker_logs() -> None:
 
 
 def quiet_local_actors() -> None:
-    """Run in every worker process of a local instance, which has no dashboard, hence no State API: Ray
-    Train's placement-group cleaner asks it once a second whether the controller lives and logs a warning
-    each time it cannot (~1,500 lines in a 30-minute stage), or, when another Ray instance runs on the machine
-    (a test, a second job), dies with a traceback because it cannot tell which instance is its own. It can
-    never act here either way: point it at its own instance and keep only its errors."""
+    """Run in every worker process of a local instance. Without a dashboard (no State API), Ray Train's
+    placement-group cleaner asks once a second whether the controller lives and logs a warning each time it
+    cannot (~1,500 lines in a 30-minute stage); and when another Ray instance runs on the machine (a test, a
+    second job) it dies with a traceback because it cannot tell which instance is its own. Point it at its own
+    instance (and its own dashboard, where there is one: `connect(state_api=True)`) and keep only its errors."""
     import ray
 
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)

@@ -189,11 +189,13 @@ def knowledge_worker(config: dict) -> None:
                      epoch_run.items_per_epoch / max(epoch_s, 1e-9), cfg.eval.metric,
                      result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
                      " *best*" if improved else "")
+        last = state.epoch >= settings["epochs"] or state.bad_evals >= settings["patience"]
         with ray_train.checkpoint_dir() as ckpt:
             # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
             save_checkpoint(engine, state, ckpt, rank, best, exclude_frozen=True)
-            ray_train.report(record, checkpoint_dir=ckpt)
-        if state.bad_evals >= settings["patience"]:
+            # `last_epoch` tells a sweep's scheduler not to stop this trial now: it is about to save its outputs
+            ray_train.report({**record, "last_epoch": last}, checkpoint_dir=ckpt)
+        if last:
             break
 
     # --- save (rank 0): the best epoch's adapters, recommender and adapted features

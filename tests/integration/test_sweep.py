@@ -33,15 +33,25 @@ def test_stage1_grid_then_a_stage2_sweep_that_reuses_its_stage1(repo, smoke_data
     assert "SELECTED ON TEST" in proc.stdout and "test-set leakage" in summary["warning"]
     assert "selected_by_test" in (run / "sweep-grid.csv").read_text()
 
-    # stage 2 over one of the grid's stage-1 settings: that stage 1 is reused, not trained again
-    proc, summary = sweep("smoke", "search: grid, space: {recommender.reg_weight: [0.0001], "
-                                   "stage2.kt.weight: [0.0, 1.0]}")
-    trials = summary["trials"]
-    assert sorted(t["params"]["stage2.kt.weight"] for t in trials) == [0.0, 1.0]
+    # stage 2 over one of the grid's stage-1 settings: that stage 1 is reused, not trained again. The cluster
+    # holds one trial's workers at a time (2 × 0.8 of 2 CPUs), and ASHA stops the diverging second trial (adapter
+    # lr 1000) after its first of two epochs: Tune kills it, and the third trial's workers must still get its CPUs.
+    stage2 = ("smoke", "search: grid, space: {recommender.reg_weight: [0.0001], stage2.lr: [0.001, 1000.0, 0.002]}",
+              "--set", "ray.cpus_per_worker=0.8", "--set", "stage2.epochs=2")
+    proc, summary = sweep(*stage2)
+    trials = {t["params"]["stage2.lr"]: t for t in summary["trials"]}
+    assert sorted(trials) == [0.001, 0.002, 1000.0]
+    assert not trials[1000.0]["valid"] and trials[1000.0]["stopped"]["after_epoch"] == 1, trials[1000.0]
+    assert trials[0.001]["valid"] and trials[0.002]["valid"], proc.stdout[-3000:]
+    assert trials[0.002]["best_epoch"] is not None and "startup timed out" not in proc.stdout + proc.stderr
     assert proc.stderr.count("already trained") == 1 and "stage 1 for {" not in proc.stderr
-    assert len({t["stage1"] for t in trials}) == 1 and len(list((run / "sweep-stage1").glob("*/stage1"))) == 2
+    assert len({t["stage1"] for t in trials.values()}) == 1 and len(list((run / "sweep-stage1").glob("*/stage1"))) == 2
     # the best trial is the best by valid, and its test metric is reported beside it
-    finished = [t for t in trials if t["valid"]]
+    finished = [t for t in trials.values() if t["valid"]]
     assert summary["best"]["valid"]["recall@20"] == max(t["valid"]["recall@20"] for t in finished)
     assert "(selected)" in proc.stdout and "(reported)" in proc.stdout
-    assert (run / "sweep-smoke.csv").read_text().count("\n") == 1 + 2 and (run / "sweep-smoke.png").stat().st_size > 1000
+    assert (run / "sweep-smoke.csv").read_text().count("\n") == 1 + 3 and (run / "sweep-smoke.png").stat().st_size > 1000
+    # started again, nothing trains: the finished and the stopped trials are reused
+    proc, again = sweep(*stage2)
+    assert proc.stderr.count("already finished: reusing") == 2 and proc.stderr.count("already stopped") == 1
+    assert "trials to run" not in proc.stderr and again["best"] == summary["best"]
