@@ -47,8 +47,30 @@ def connect(cfg: Config, state_api: bool = False) -> None:
         # "local" starts a private instance (its workers inherit this process's environment); a bare
         # ray.init() would attach to whatever cluster `ray start` last recorded on this machine, even a
         # dead one.
-        ray.init(address="local", include_dashboard=state_api,
-                 runtime_env={"worker_process_setup_hook": "ptmrec.runtime.ray_train.quiet_local_actors"})
+        # Without a dashboard an instance still records 127.0.0.1:8265 as its State API: Ray Train's placement-
+        # group cleaner would ask whatever other instance's dashboard listens there (`make demo`'s head, a
+        # sweep) whether its controller lives, hear "no such actor" and remove a running stage's workers (seen:
+        # a stage-1 worker killed when a test's sweep started). Its processes get an address that answers nothing.
+        with _environ("RAY_API_SERVER_ADDRESS", None if state_api else NO_API_SERVER):
+            ray.init(address="local", include_dashboard=state_api,
+                     runtime_env={"worker_process_setup_hook": "ptmrec.runtime.ray_train.quiet_local_actors"})
+
+
+NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
+@contextmanager
+def _environ(name: str, value: Optional[str]) -> Iterator[None]:
+    """Set (or, with None, remove) one environment variable while Ray starts its processes, which inherit it."""
+    before = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if before is not None:
+            os.environ[name] = before
 
 
 def ray_storage(cfg: Config, folder: Optional[str] = None) -> tuple[str, Any]:
@@ -294,9 +316,9 @@ def quiet_worker_logs() -> None:
 
 
 def quiet_local_actors() -> None:
-    """Run in every worker process of a local instance. Without a dashboard (no State API), Ray Train's
-    placement-group cleaner asks once a second whether the controller lives and logs a warning each time it
-    cannot (~1,500 lines in a 30-minute stage); and when another Ray instance runs on the machine (a test, a
+    """Run in every worker process of a local instance. Without a dashboard (no State API: see `connect`), Ray
+    Train's placement-group cleaner asks once a second whether the controller lives and logs a warning each time
+    it cannot (~1,500 lines in a 30-minute stage); and when another Ray instance runs on the machine (a test, a
     second job) it dies with a traceback because it cannot tell which instance is its own. Point it at its own
     instance (and its own dashboard, where there is one: `connect(state_api=True)`) and keep only its errors."""
     import ray

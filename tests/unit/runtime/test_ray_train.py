@@ -171,3 +171,39 @@ def test_a_worker_task_runs_round_cpus_threads_where_ray_would_run_one(repo):
         assert ray.get(task.remote("x")) == (2, "x")
     finally:
         ray.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class _StateProbe:
+    def ask_about(self, actor_id: str) -> str:
+        """What Ray Train's placement-group cleaner hears when it asks the State API whether an actor lives."""
+        from ray.util.state import get_actor
+
+        try:
+            return f"answered {get_actor(actor_id, timeout=5)}"
+        except Exception as exc:  # what the cleaner catches (RayStateApiException) means "ask again later"
+            return type(exc).__name__
+
+
+@pytest.mark.slow
+def test_a_local_instance_never_asks_another_instances_dashboard_whether_its_actors_live(repo):
+    import os
+    import subprocess
+    import sys
+
+    # another Ray instance on this machine with a dashboard on 127.0.0.1:8265, as `make demo`'s head has
+    other = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(address='local', include_dashboard=True, "
+                              "num_cpus=1); print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        ray_train.connect(load_config(str(repo / "configs/smoke.yaml")))
+        probe = _StateProbe.remote()
+        # the dashboard answering on 8265 would say "no such actor" (None): the cleaner's cue to remove its group
+        assert ray.get(probe.ask_about.remote(probe._actor_id.hex())) == "ServerUnavailable"
+        assert "RAY_API_SERVER_ADDRESS" not in os.environ
+    finally:
+        ray.shutdown()
+        other.stdin.close()
+        other.wait(timeout=60)
