@@ -13,7 +13,7 @@ from tests.faulty_proxy import FaultyProxy
 from tests.s3_helpers import bucket_keys, upload_folder
 from tests.integration.conftest import ENV
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slower]
 
 
 def test_a_30_s_outage_mid_stage_only_pauses_it(repo, smoke_data, s3_server, s3_storage):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import ENV, SMOKE_STAGE2, copy_run, ptmrec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slower]
 
 
 def run_killing_a_worker(repo, args: list[str], checkpoints) -> str:

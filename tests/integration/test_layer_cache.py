@@ -18,6 +18,7 @@ def cache_folders(run):
     return sorted(p.parent for p in (run / "features").glob("layers-*/*/cache.json"))
 
 
+@pytest.mark.slower
 def test_layer_cache_trains_on_the_full_features_and_an_interrupted_build_resumes(repo, smoke_data, smoke_stage1,
                                                                                    tmp_path):
     import shutil

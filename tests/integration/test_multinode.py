@@ -13,7 +13,7 @@ import pytest
 from tests.integration.conftest import ENV
 from tests.s3_helpers import bucket_keys, upload_folder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slower]
 
 
 @pytest.fixture()

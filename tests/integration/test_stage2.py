@@ -31,7 +31,8 @@ def reencode(cfg, adapter_file, world_size):
     return out
 
 
-@pytest.mark.parametrize("encoder,adapter", [("tiny-clip", "prompt"), ("tiny-clip", "lora"), ("bundled", "prompt")])
+@pytest.mark.parametrize("encoder,adapter", [("tiny-clip", "prompt"), ("tiny-clip", "lora"),
+                                            pytest.param("bundled", "prompt", marks=pytest.mark.slower)])
 def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smoke_stage1, smoke_stage2, tmp_path,
                                                           encoder, adapter):
     from ptmrec.config import load_config
