@@ -216,7 +216,11 @@ def _run_tuner(config_path: str, overrides: list[str], base: Config, metric: str
 
         point = config["point"]
         cfg = trial_config(config_path, overrides, base, point["params"], trial_name=point["name"])
-        run_knowledge_stage(cfg, progress=False, callbacks=[TuneReportCallback()])
+        m = run_knowledge_stage(cfg, progress=False, callbacks=[TuneReportCallback()])
+        # The stage's result (its best epoch, chosen on valid) is the trial's last: Tune then ranks what the stage
+        # chose, and a trial resumed after its last epoch, which trains and reports nothing, still has a result.
+        tune.report({**{f"{split}/{k}": v for split in ("valid", "test") for k, v in m[split].items()},
+                     "best_epoch": m["best_epoch"], "last_epoch": True})
 
     storage_path, filesystem = ray_train.ray_storage(base, "ray_tune")
     tuner = tune.Tuner(
