@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import random
-from typing import Any
+from typing import Any, Optional
 
 from ptmrec.config import Config, ConfigError, load_config, pinned_overrides
 from ptmrec.storage import Storage, StorageError, join
@@ -106,7 +106,7 @@ def check_trial_fits(base: Config, cluster_cpus: float) -> None:
 def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> dict:
     """Run (or resume) the sweep; returns {"best": {...}, "trials": [...], ...}."""
     from ptmrec.runtime import ray_train
-    from ptmrec.stages.common import read_metrics
+    from ptmrec.stages.common import settings_fingerprint
     from ptmrec.stages.recommendation import run_recommendation_stage
 
     # Trials run in their own working directories: pin the config file and every path in it.
@@ -129,10 +129,10 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
     for combo in itertools.product(*(sw.space[k] for k in s1_keys)):
         params = dict(zip(s1_keys, combo))
         cfg1 = trial_config(config_path, overrides, base, params)
-        try:
-            read_metrics(storage, join(cfg1.run.uri, "stage1"))
+        if "error" not in _trial("", params, cfg1.run.uri, storage, join(cfg1.run.uri, "stage1"),
+                                 settings_fingerprint(cfg1, "stage1")):
             log.info("stage 1 %s already trained: reusing it (%s)", params, cfg1.run.uri)
-        except StorageError:
+        else:
             log.info("stage 1 for %s → %s", params, cfg1.run.uri)
             run_recommendation_stage(cfg1, progress=progress)
         stage1_runs.append((params, cfg1.run.uri))
@@ -168,11 +168,14 @@ def _tune_stage2(config_path: str, overrides: list[str], base: Config, storage: 
     """Stage 2 per trial, under Tune with ASHA on the valid metric; one record per trial. Trials finished or stopped
     by an earlier run of the same sweep are reported from their outputs, not run again; an interrupted trial
     resumes from its latest checkpoint (its Ray Train run has the same name)."""
+    from ptmrec.stages.common import settings_fingerprint
+
     sw = base.sweep
     trials, pending = {}, []
     for name, params in sweep_points(base):
         cfg = trial_config(config_path, overrides, base, params, trial_name=name)
-        trial = _trial(name, params, cfg.run.uri, storage, join(cfg.run.uri, cfg.stage2.output))
+        trial = _trial(name, params, cfg.run.uri, storage, join(cfg.run.uri, cfg.stage2.output),
+                       settings_fingerprint(cfg, "stage2"))
         if "error" not in trial or "stopped" in trial:
             log.info("trial %s %s already %s: reusing it", name, params, "stopped" if "stopped" in trial else "finished")
         else:
@@ -186,8 +189,9 @@ def _tune_stage2(config_path: str, overrides: list[str], base: Config, storage: 
             out = join(cfg.run.uri, cfg.stage2.output)
             if not storage.exists(join(out, "metrics.json")) and result.error is None:
                 # Tune stopped it (ASHA): record that, so that a rerun does not train it again
-                storage.write_text(join(out, STOPPED), json.dumps({"after_epoch": result.metrics.get("epoch"),
-                                                                   metric: result.metrics.get(metric)}) + "\n")
+                storage.write_text(join(out, STOPPED), json.dumps({
+                    "after_epoch": result.metrics.get("epoch"), metric: result.metrics.get(metric),
+                    "settings": settings_fingerprint(cfg, "stage2")}) + "\n")
             trial = _trial(point["name"], point["params"], cfg.run.uri, storage, out)
             if "error" in trial and "stopped" not in trial:
                 trial["error"] = str(result.error or trial["error"])
@@ -232,17 +236,25 @@ def _run_tuner(config_path: str, overrides: list[str], base: Config, metric: str
     return tuner.fit()
 
 
-def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metrics_uri: str) -> dict:
+def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metrics_uri: str,
+           settings: Optional[str] = None) -> dict:
+    """One trial's record from its outputs; with `settings` (the stage's settings fingerprint), outputs finished
+    with other settings (the config changed since) count as missing."""
     from ptmrec.stages.common import read_metrics
 
     trial = {"trial": trial_id, "params": params, "stage1": stage1_uri, "valid": {}, "test": {}, "best_epoch": None}
     try:
         m = read_metrics(storage, metrics_uri)
-        trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
+        if settings is None or m.get("settings") == settings:
+            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
+            return trial
+        trial["error"] = "finished with other settings"
     except StorageError:
         trial["error"] = "no metrics"
         if storage.exists(join(metrics_uri, STOPPED)):
-            trial["stopped"] = json.loads(storage.read_text(join(metrics_uri, STOPPED)))
+            stopped = json.loads(storage.read_text(join(metrics_uri, STOPPED)))
+            if settings is None or stopped.get("settings") == settings:
+                trial["stopped"] = stopped
     return trial
 
 

@@ -34,22 +34,29 @@ def test_random_points_are_drawn_again_the_same_and_repeats_get_their_own_names(
 
 
 def test_a_rerun_reuses_finished_and_stopped_trials_and_runs_only_the_rest(repo, tmp_path, monkeypatch):
-    path, overrides, base = _base(repo, tmp_path, "space: {stage2.lr: [0.001, 0.01, 0.1]}")
+    from ptmrec.stages.common import settings_fingerprint
+
+    path, overrides, base = _base(repo, tmp_path, "space: {stage2.lr: [0.001, 0.01, 0.1, 1.0]}")
     storage = Storage(base.storage)
-    (done, p_done), (stopped, p_stopped), (todo, p_todo) = sweep.sweep_points(base)
+    (done, p_done), (stopped, p_stopped), (todo, p_todo), (changed, p_changed) = sweep.sweep_points(base)
 
     def out(name, params):
         cfg = sweep.trial_config(path, overrides, base, params, trial_name=name)
-        return join(cfg.run.uri, cfg.stage2.output)
+        return join(cfg.run.uri, cfg.stage2.output), settings_fingerprint(cfg, "stage2")
 
-    storage.write_text(join(out(done, p_done), "metrics.json"),
-                       json.dumps({"valid": {"recall@20": 0.3}, "test": {"recall@20": 0.2}, "best_epoch": 2}))
-    storage.write_text(join(out(stopped, p_stopped), sweep.STOPPED), json.dumps({"after_epoch": 1}))
+    def finish(name, params, settings):
+        storage.write_text(join(out(name, params)[0], "metrics.json"), json.dumps(
+            {"valid": {"recall@20": 0.3}, "test": {"recall@20": 0.2}, "best_epoch": 2, "settings": settings}))
+
+    finish(done, p_done, out(done, p_done)[1])
+    finish(changed, p_changed, "finished before the config changed")
+    storage.write_text(join(out(stopped, p_stopped)[0], sweep.STOPPED),
+                       json.dumps({"after_epoch": 1, "settings": out(stopped, p_stopped)[1]}))
     given = []
     monkeypatch.setattr(sweep, "_run_tuner", lambda *args: given.extend(args[-1]) or [])
     trials = {t["trial"]: t for t in sweep._tune_stage2(path, overrides, base, storage, "valid/recall@20")}
-    assert given == [{"name": todo, "params": p_todo}]
-    assert trials[done]["valid"] == {"recall@20": 0.3} and trials[stopped]["stopped"] == {"after_epoch": 1}
+    assert given == [{"name": todo, "params": p_todo}, {"name": changed, "params": p_changed}]
+    assert trials[done]["valid"] == {"recall@20": 0.3} and trials[stopped]["stopped"]["after_epoch"] == 1
     assert "error" in trials[todo] and "stopped" not in trials[todo]
     assert "stopped" in sweep.format_sweep({"metric": "valid/recall@20", "best": trials[done],
                                             "trials": list(trials.values())})
