@@ -222,10 +222,15 @@ def cmd_compare(args) -> int:
     from ptmrec.report import collect, seed_table
     from ptmrec.stages.features import features_root
 
-    if not args.seeds:
-        print(_compare_one(checked_config(args, stage2=True), args.modes, quiet=args.quiet))
-        return 0
     base = checked_config(args, stage2=True)  # fail on a bad config before any work
+    if base.stage2.output:
+        # The report and the seed table find each mode in its own folder; one named folder would hold the
+        # modes in turn and a finished stage2/ would be taken for this setting's result.
+        raise ConfigError(f"{args.config}: stage2.output: compare writes each mode to stage2/ or "
+                          f"stage2-<mode>/; leave it null (use another run.uri to keep a second setting apart)")
+    if not args.seeds:
+        print(_compare_one(base, args.modes, quiet=args.quiet))
+        return 0
     per_seed = {}
     for seed in args.seeds:
         cfg = load_config(args.config, [*args.overrides, f"run.seed={seed}", f"run.name={base.run.name}-seed{seed}",
