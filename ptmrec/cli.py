@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "
-                        "frozen stage 1 and the paired t-test's p-value; also written to <run.uri>-seeds.md. The seeds "
+                        "frozen stage 1 and the paired t-test's p-value, then each seed's rows (chosen epoch; where stage 2 "
+                        "kept its start, its best adapted epoch too); also written to <run.uri>-seeds.md. The seeds "
                         "share the base run's frozen features and layer caches (run.features_uri)")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "
@@ -219,7 +220,7 @@ def cmd_stage2(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ptmrec.report import collect, seed_table
+    from ptmrec.report import collect, seeds_report
     from ptmrec.stages.features import features_root
 
     base = checked_config(args, stage2=True)  # fail on a bad config before any work
@@ -239,9 +240,7 @@ def cmd_compare(args) -> int:
         print(f"== seed {seed}: {cfg.run.uri}", flush=True)
         _compare_one(cfg, args.modes, quiet=args.quiet)
         per_seed[seed] = collect(_storage(cfg), cfg.run.uri)
-    text = (f"# {base.run.name}: seeds {', '.join(map(str, args.seeds))}\n\nTest metrics at each run's best valid "
-            f"{base.eval.metric} epoch, mean ± std over the seeds; Δ = change against the same seed's frozen "
-            f"stage 1, with the two-sided paired t-test's p-value on the differences.\n\n{seed_table(per_seed, base.eval.ks, base.eval.metric)}\n")
+    text = seeds_report(base.run.name, per_seed, base.eval.ks, base.eval.metric)
     _storage(base).write_text(f"{base.run.uri}-seeds.md", text)
     print(text)
     return 0

@@ -237,3 +237,49 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
         cells += _cost_cells(list(runs.values()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def seeds_report(run_name: str, per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
+    """`compare --seeds`' Markdown: the mean ± std table over the seeds, then the seeds one by one."""
+    return (f"# {run_name}: seeds {', '.join(map(str, per_seed))}\n\nTest metrics at each run's best valid {metric} "
+            f"epoch, mean ± std over the seeds; Δ = change against the same seed's frozen stage 1, with the "
+            f"two-sided paired t-test's p-value on the differences.\n\n{seed_table(per_seed, ks, metric)}\n\n"
+            f"Seed by seed (a stage 2 whose adapted epochs were all below its start on valid keeps the start; the "
+            f"last column shows its best adapted epoch anyway):\n\n{seed_detail(per_seed, ks, metric)}\n")
+
+
+def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
+    """One row per seed and stage: the chosen epoch, valid `metric`, test metrics and the change against the
+    seed's frozen stage 1. A stage 2 that kept its starting point (no adapted epoch beat it on valid) also
+    shows its best adapted epoch, which the seed's result does not use, so a reader sees how close it came."""
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+    first = cols[0]
+    head = ["seed", "stage", "chosen epoch", f"valid {metric}", *(f"test {c}" for c in cols),
+            f"Δ {first} vs frozen", f"best adapted epoch: valid {metric} (test {first})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed, rows in per_seed.items():
+        frozen = rows[0] if rows and rows[0]["stage"] == "stage1" else None
+        for m in rows:
+            base = frozen["test"].get(first) if frozen and m is not frozen else None
+            change = f"{100 * (m['test'][first] / base - 1):+.1f} %" if base else "—"
+            cells = [str(seed), label(m), _chosen(m), f"{m['valid'].get(metric, float('nan')):.4f}",
+                     *(f"{m['test'].get(c, float('nan')):.4f}" for c in cols), change,
+                     _best_adapted(m, metric, first) if m["stage"] != "stage1" else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _chosen(m: dict) -> str:
+    epoch = m.get("best_epoch")
+    if epoch is None:
+        return "—"
+    return "0 (the start)" if m["stage"] != "stage1" and epoch == 0 else str(epoch)
+
+
+def _best_adapted(m: dict, metric: str, test_metric: str) -> str:
+    adapted = [h for h in m.get("history", []) if h.get("epoch", 0) > 0 and f"valid/{metric}" in h]
+    if not adapted:
+        return "—"
+    best = max(adapted, key=lambda h: h[f"valid/{metric}"])
+    test = best.get(f"test/{test_metric}")
+    return (f"{best['epoch']}: {best[f'valid/{metric}']:.4f}" + (f" ({test:.4f})" if test is not None else ""))

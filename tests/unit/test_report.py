@@ -52,3 +52,21 @@ def test_the_report_plot_draws_every_stage():
                                                                   "loss/bpr": 0.5, "loss/kt_text": 0.1}]}
     png = plot([frozen, ours], "recall@20")
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
+    from ptmrec.report import seed_detail
+
+    frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "best_epoch": 40}
+    kept = {**_metrics("stage2", 0.10, 0.20, 0.21, "ptmrec"), "best_epoch": 0,
+            "history": [{"epoch": 0, "valid/recall@20": 0.21, "test/recall@10": 0.10},
+                        {"epoch": 1, "valid/recall@20": 0.205, "test/recall@10": 0.12},
+                        {"epoch": 2, "valid/recall@20": 0.19, "test/recall@10": 0.13}]}
+    moved = {**_metrics("stage2", 0.22, 0.31, 0.33, "ptmrec"), "best_epoch": 1,
+             "history": [{"epoch": 0, "valid/recall@20": 0.31}, {"epoch": 1, "valid/recall@20": 0.33}]}
+    text = seed_detail({1: [frozen, kept], 2: [{**_metrics("stage1", 0.20, 0.30, 0.31), "best_epoch": 9}, moved]},
+                       ks=[10, 20], metric="recall@20")
+    rows = [line.split(" | ") for line in text.splitlines()[2:]]
+    assert [(r[0].strip("| "), r[2]) for r in rows] == [("1", "40"), ("1", "0 (the start)"), ("2", "9"), ("2", "1")]
+    assert rows[1][-2] == "+0.0 %" and rows[1][-1].strip(" |") == "1: 0.2050 (0.1200)"  # the better of epochs 1, 2
+    assert rows[3][-2] == "+10.0 %" and rows[0][-1].strip(" |") == "—"
