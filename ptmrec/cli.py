@@ -201,7 +201,7 @@ def format_metrics(metrics: dict, ks: list[int]) -> str:
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
     lines = [f"{metrics['stage']}{' (' + metrics['mode'] + ')' if 'mode' in metrics else ''}: {metrics['model']} on "
              f"{metrics['dataset']} (best epoch {metrics['best_epoch']}, {metrics['wall_s']:.0f} s)", f"{'split':<8}" + "".join(f"{c:>12}" for c in cols)]
-    for split in ("valid", "test"):
+    for split in (s for s in ("valid", "valid_a", "valid_b", "test") if s in metrics):
         lines.append(f"{split:<8}" + "".join(f"{metrics[split].get(c, float('nan')):>12.4f}" for c in cols))
     return "\n".join(lines)
 
@@ -290,7 +290,8 @@ def cmd_sweep(args) -> int:
         print(f"trial {best['trial']}: test {key} {best['test'][key]:.4f} (SELECTED ON TEST: MMRec's table protocol, "
               f"for comparison only), valid {key} {best['valid'][key]:.4f}  {best['params']}")
     else:
-        print(f"best trial {best['trial']}: valid {key} {best['valid'][key]:.4f} (selected), "
+        chosen_on = best.get("chosen_on", "valid")
+        print(f"best trial {best['trial']}: {chosen_on} {key} {best.get('chooser', best['valid'])[key]:.4f} (selected), "
               f"test {key} {best['test'][key]:.4f} (reported)  {best['params']}")
     return 0
 

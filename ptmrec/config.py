@@ -250,7 +250,12 @@ class TrackingConfig:
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20, 50])
-    metric: str = "recall@20"  # selection metric, always on the valid split
+    metric: str = "recall@20"  # selection metric, always on (part of) the valid split
+    # Which valid users choose epochs. valid: all of them, for every stage. valid_halves: valid users split in two
+    # fixed halves by id; stage 1 (and one-stage joint) choose their epoch on valid_a, stage 2 chooses between its
+    # start and its epochs on valid_b. On the same users the start's valid score is inflated by stage 1's choice of
+    # it (the best of many noisy evaluations), so an adapted epoch must beat luck as well as the start.
+    selection: Literal["valid", "valid_halves"] = "valid"
     batch_users: int = 4096  # users ranked at once, fewer where batch × items would pass max_batch_scores
     max_batch_scores: int = 50_000_000  # scores held at once (4 bytes each + a mask): bounds memory, not items
     # Catalogues with more items than this are evaluated on `sample_users` users per split, drawn uniformly

@@ -106,7 +106,7 @@ def check_trial_fits(base: Config, cluster_cpus: float) -> None:
 def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> dict:
     """Run (or resume) the sweep; returns {"best": {...}, "trials": [...], ...}."""
     from ptmrec.runtime import ray_train
-    from ptmrec.stages.common import settings_fingerprint
+    from ptmrec.stages.common import selection_split, settings_fingerprint
     from ptmrec.stages.recommendation import run_recommendation_stage
 
     # Trials run in their own working directories: pin the config file and every path in it.
@@ -121,7 +121,7 @@ def run_sweep(config_path: str, overrides: list[str], progress: bool = True) -> 
         import ray
 
         check_trial_fits(base, ray.cluster_resources().get("CPU", 0.0))
-    metric = f"valid/{base.eval.metric}"
+    metric = f"{selection_split(base.eval, sw.stage, base.stage2.mode)}/{base.eval.metric}"  # what Tune's ASHA and the pick compare
 
     # 1. Stage 1 once per distinct stage-1 setting.
     s1_keys = [k for k in sw.space if not k.startswith("stage2.")]
@@ -223,7 +223,7 @@ def _run_tuner(config_path: str, overrides: list[str], base: Config, metric: str
         m = run_knowledge_stage(cfg, progress=False, callbacks=[TuneReportCallback()])
         # The stage's result (its best epoch, chosen on valid) is the trial's last: Tune then ranks what the stage
         # chose, and a trial resumed after its last epoch, which trains and reports nothing, still has a result.
-        tune.report({**{f"{split}/{k}": v for split in ("valid", "test") for k, v in m[split].items()},
+        tune.report({**{f"{split}/{k}": v for split in ("valid", "test", "valid_a", "valid_b") for k, v in m.get(split, {}).items()},
                      "best_epoch": m["best_epoch"], "last_epoch": True})
 
     storage_path, filesystem = ray_train.ray_storage(base, "ray_tune")
@@ -246,7 +246,9 @@ def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metri
     try:
         m = read_metrics(storage, metrics_uri)
         if settings is None or m.get("settings") == settings:
-            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"])
+            chooser = m.get("selection_split", "valid")  # valid, or its half under eval.selection: valid_halves
+            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"], chosen_on=chooser,
+                         chooser=m.get(chooser, m["valid"]))
             return trial
         trial["error"] = "finished with other settings"
     except StorageError:
@@ -264,7 +266,8 @@ def _summarise(base: Config, storage: Storage, metric: str, trials: list[dict]) 
     finished = [t for t in trials if t["valid"]]
     if not finished:
         raise RuntimeError(f"sweep {sw.name}: no trial finished an epoch")
-    best = max(finished, key=lambda t: t[sw.select][key])
+    # By valid: each trial's own choosing split, the half that chose its epoch under valid_halves.
+    best = max(finished, key=lambda t: t["test"][key] if sw.select == "test" else t.get("chooser", t["valid"])[key])
     summary = {"metric": metric, "select": sw.select, "stage": sw.stage, "best": best, "trials": trials}
     if sw.select == "test":
         summary["warning"] = SELECTED_ON_TEST

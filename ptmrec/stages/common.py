@@ -93,6 +93,9 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig
 
     mine = {split: {u: truth[u] for u in eval_users(ev, inter, split) if u % world_size == rank}
             for split, truth in (("valid", inter.valid), ("test", inter.test))}
+    if ev.selection == "valid_halves":
+        for half in ("a", "b"):
+            mine[f"valid_{half}"] = {u: t for u, t in mine["valid"].items() if valid_half(u) == half}
     metrics = evaluate_splits(score, mine, mask, ks=ev.ks, batch_users=batch_users)  # one ranking per user
     out = {}
     for split, users in mine.items():
@@ -108,6 +111,38 @@ def evaluate_distributed(model: Recommender, inter: Interactions, ev: EvalConfig
         out[split] = {n: float(v) / total for n, v in zip(names, packed[1:].tolist())}
     model.train(was_training)
     return out
+
+
+def valid_half(user: int) -> str:
+    """The fixed half ("a" or "b") of the valid users a user belongs to under `eval.selection: valid_halves`: a
+    hash of the id alone, so every stage, seed and rank agrees (ids in order would put old users in one half)."""
+    return "ab"[zlib.crc32(int(user).to_bytes(8, "little")) & 1]
+
+
+def selection_split(ev: EvalConfig, stage: str, mode: str = "ptmrec") -> str:
+    """The split whose `ev.metric` chooses `stage`'s epoch ("stage1", "stage2" in `mode`): see
+    `EvalConfig.selection`. joint trains from scratch, as stage 1 does, and chooses on stage 1's half."""
+    if ev.selection == "valid":
+        return "valid"
+    return "valid_b" if stage == "stage2" and mode != "joint" else "valid_a"
+
+
+def selection_fields(ev: EvalConfig, stage: str, best: dict, mode: str = "ptmrec") -> dict:
+    """metrics.json's record of how the epoch was chosen: the split, and under valid_halves both halves' metrics."""
+    split = selection_split(ev, stage, mode)
+    return {"selection_split": split, **{k: v for k, v in best.items() if k.startswith("valid_")}}
+
+
+def score_line(ev: EvalConfig, result: dict[str, dict[str, float]], split: str) -> str:
+    """The log's view of an evaluation: valid and test `ev.metric`, and the half that chooses, if it is one."""
+    m = ev.metric
+    half = f" ({split} {result[split][m]:.4f})" if split != "valid" else ""
+    return f"valid {m} {result['valid'][m]:.4f}{half} | test {m} {result['test'][m]:.4f}"
+
+
+def result_metrics(result: dict[str, dict[str, float]]) -> dict[str, float]:
+    """An evaluation's metrics flat, "split/metric", for the history, the tracker and Tune."""
+    return {f"{split}/{k}": v for split, m in result.items() for k, v in m.items()}
 
 
 def eval_batch_users(ev: EvalConfig, num_items: int) -> int:

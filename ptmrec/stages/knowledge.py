@@ -36,7 +36,8 @@ from ptmrec.runtime.ds_engine import WarmupCosine, build_ds_config, initialize_e
 from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_configured_encoder, build_recommender_from_config, check_lazy_adam,
                                   cpu_state, eval_protocol, evaluate_distributed, load_torch, peak_memory,
-                                  read_metrics, save_torch, settings_fingerprint, write_metrics)
+                                  read_metrics, result_metrics, save_torch, score_line, selection_fields,
+                                  selection_split, settings_fingerprint, write_metrics)
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
@@ -179,15 +180,14 @@ def knowledge_worker(config: dict) -> None:
         result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
         improved = state.best_epoch != best_before
         record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
-                  **_split_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)}
+                  **result_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)}
         state.history.append(record)
         tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
         if rank == 0:
             per_epoch = (time.perf_counter() - run_start) / (state.epoch - first_epoch)
-            log.info("epoch %s: loss %s %.1f s (%.1f items/s) | valid %s %.4f | test %s %.4f%s",
+            log.info("epoch %s: loss %s %.1f s (%.1f items/s) | %s%s",
                      state.progress(settings["epochs"], settings["patience"], per_epoch), ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
-                     epoch_run.items_per_epoch / max(epoch_s, 1e-9), cfg.eval.metric,
-                     result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
+                     epoch_run.items_per_epoch / max(epoch_s, 1e-9), score_line(cfg.eval, result, _chooser(cfg)),
                      " *best*" if improved else "")
         last = state.epoch >= settings["epochs"] or state.bad_evals >= settings["patience"]
         with ray_train.checkpoint_dir() as ckpt:
@@ -201,8 +201,8 @@ def knowledge_worker(config: dict) -> None:
     # --- save (rank 0): the best epoch's adapters, recommender and adapted features
     if rank == 0:
         if state.best_epoch == 0:
-            log.info("no stage-2 epoch beat the starting point on valid %s (%.4f): the outputs are the starting "
-                     "point", cfg.eval.metric, state.best_score)
+            log.info("no stage-2 epoch beat the starting point on %s %s (%.4f): the outputs are the starting "
+                     "point", _chooser(cfg), cfg.eval.metric, state.best_score)
         _save_outputs(cfg, storage, manifest, settings, state, best,
                       params={"trainable_params": trainable, "total_params": total,
                               "encoder_trainable_params": encoder_trainable, "encoder_total_params": encoder_total},
@@ -361,14 +361,15 @@ def _evaluate_candidate(cfg: Config, inter, student: Student, state: TrainState,
     result, eval_model = _evaluate_adapted(cfg, inter, student.recommender, adapted, rank, world_size, device)
     # Train the next epoch against the catalogue just evaluated (FREEDOM: its item graph and neighbours).
     student.recommender.adopt_reference_features(eval_model)
-    if state.observe(result, cfg.eval.metric) and rank == 0:
+    if state.observe(result, cfg.eval.metric, _chooser(cfg)) and rank == 0:
         best = {"adapter": cpu_state(adapter_state_dict(student.encoder)), "features": adapted,
                 "recommender": cpu_state(student.recommender.weights_without_features())}
     return result, best
 
 
-def _split_metrics(result: dict) -> dict:
-    return {f"{split}/{k}": v for split in ("valid", "test") for k, v in result[split].items()}
+def _chooser(cfg: Config) -> str:
+    """The split stage 2 chooses its epoch on (`EvalConfig.selection`)."""
+    return selection_split(cfg.eval, "stage2", cfg.stage2.mode)
 
 
 def _encode_catalogue(cfg: Config, encoder, num_items: int, rank: int, world_size: int,
@@ -418,10 +419,9 @@ def _evaluate_start(cfg: Config, inter, student, frozen: dict[str, torch.Tensor]
     t0 = time.perf_counter()
     start = start_features(cfg, student.encoder, frozen, rank, world_size, device, cache)
     result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, None, cache, start)
-    state.history.append({"epoch": 0, **_split_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)})
+    state.history.append({"epoch": 0, **result_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)})
     if rank == 0:
-        log.info("epoch 0 (the starting point): valid %s %.4f | test %s %.4f", cfg.eval.metric,
-                 result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric])
+        log.info("epoch 0 (the starting point): %s", score_line(cfg.eval, result, _chooser(cfg)))
     return best
 
 
@@ -487,6 +487,7 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "stage": "stage2", "settings": settings_fingerprint(cfg, "stage2"), "mode": cfg.stage2.mode, "model": cfg.recommender.name, "adapter": settings["adapter"],
         "dataset": manifest["dataset"], "valid": state.best.get("valid", {}), "test": state.best.get("test", {}),
         "best_epoch": state.best_epoch, "start_is_best": state.best_epoch == 0, **params,
+        **selection_fields(cfg.eval, "stage2", state.best, cfg.stage2.mode),
         "encoder_trainable_share": params["encoder_trainable_params"] / max(params["encoder_total_params"], 1),
         "kt_weight": settings["kt_weight"], "temperature": cfg.stage2.kt.temperature, "kt": asdict(cfg.stage2.kt),
         "lr_schedule": cfg.stage2.lr_schedule, "warmup_steps": cfg.stage2.warmup_steps,
@@ -495,5 +496,5 @@ def _save_outputs(cfg: Config, storage: Storage, manifest: dict, settings: dict,
         "epochs_run": state.epoch, "num_workers": cfg.stage2.num_workers, "worker_nodes": nodes,
         "zero_stage": cfg.stage2.zero_stage, "eval_protocol": eval_protocol(cfg.eval, manifest["num_items"]),
         "resumed_from_epoch": state.resumed_from_epoch, "layer_cache": layer_cache, "history": state.history})
-    log.info("stage 2 (%s) done: best valid %s %.4f at epoch %d → %s", cfg.stage2.mode, cfg.eval.metric,
+    log.info("stage 2 (%s) done: best %s %s %.4f at epoch %d → %s", cfg.stage2.mode, _chooser(cfg), cfg.eval.metric,
              state.best_score, state.best_epoch, out)

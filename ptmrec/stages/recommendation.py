@@ -28,7 +28,8 @@ from ptmrec.runtime.device import pin, select_device
 from ptmrec.runtime.ds_engine import build_ds_config, initialize_engine, load_ds_config
 from ptmrec.runtime.tracking import Tracker
 from ptmrec.stages.common import (build_recommender_from_config, check_lazy_adam, cpu_state, epoch_triples,
-                                  eval_protocol, evaluate_distributed, peak_memory, read_metrics, save_torch,
+                                  eval_protocol, evaluate_distributed, peak_memory, read_metrics, result_metrics,
+                                  save_torch, score_line, selection_fields, selection_split,
                                   settings_fingerprint, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
@@ -122,27 +123,27 @@ def recommendation_worker(config: dict) -> None:
         t0 = time.perf_counter()
         result = evaluate_distributed(model, inter, cfg.eval, rank, world_size)
         record["eval_s"] = round(time.perf_counter() - t0, 3)
-        improved = state.observe(result, cfg.eval.metric)
+        improved = state.observe(result, cfg.eval.metric, selection_split(cfg.eval, STAGE))
         if improved and rank == 0:
             best_weights = cpu_state(model.state_dict())
-        record.update({f"valid/{k}": v for k, v in result["valid"].items()})
-        record.update({f"test/{k}": v for k, v in result["test"].items()})
+        record.update(result_metrics(result))
         state.history.append(record)
         tracker.log(record, step=state.epoch)
         stop = state.bad_evals >= sc.patience
         if rank == 0:
             per_epoch = (time.perf_counter() - run_start) / (state.epoch - first_epoch)
-            log.info("epoch %s: loss %.4f (%s) %.1f s | valid %s %.4f | test %s %.4f%s",
+            log.info("epoch %s: loss %.4f (%s) %.1f s | %s%s",
                      state.progress(sc.epochs, sc.patience, per_epoch, sc.eval_every),
                      sum(parts.values()), ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), epoch_s,
-                     cfg.eval.metric, result["valid"][cfg.eval.metric], cfg.eval.metric, result["test"][cfg.eval.metric],
+                     score_line(cfg.eval, result, selection_split(cfg.eval, STAGE)),
                      " *best*" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})")
         with ray_train.checkpoint_dir() as ckpt:
             save_checkpoint(engine, state, ckpt, rank, best_weights)
             ray_train.report(record, checkpoint_dir=ckpt)
         if stop:
             if rank == 0:
-                log.info("early stop: no better valid %s for %d evaluations", cfg.eval.metric, sc.patience)
+                log.info("early stop: no better %s %s for %d evaluations", selection_split(cfg.eval, STAGE),
+                         cfg.eval.metric, sc.patience)
             break
 
     # --- save (rank 0): the best model is the teacher
@@ -205,12 +206,13 @@ def _save_outputs(cfg: Config, storage: Storage, model, best_weights: Optional[d
     write_metrics(storage, stage_uri, {
         "stage": STAGE, "settings": settings_fingerprint(cfg, STAGE), "model": cfg.recommender.name, "adapter": "none", "dataset": manifest["dataset"],
         "valid": state.best.get("valid", {}), "test": state.best.get("test", {}), "best_epoch": state.best_epoch,
+        **selection_fields(cfg.eval, STAGE, state.best),
         "trainable_params": trainable, "total_params": total, "wall_s": round(wall_s, 2),
         "items_per_s": round(items_per_s, 1), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
         "seed": cfg.run.seed, "epochs_run": state.epoch, "num_workers": cfg.stage1.num_workers, "worker_nodes": nodes,
         "zero_stage": cfg.stage1.zero_stage, "optimizer": cfg.stage1.optimizer,
         "eval_protocol": eval_protocol(cfg.eval, inter.num_items), "resumed_from_epoch": state.resumed_from_epoch,
         "history": state.history})
-    log.info("stage 1 done: best valid %s %.4f at epoch %d, test %s %.4f → %s", cfg.eval.metric,
+    log.info("stage 1 done: best %s %s %.4f at epoch %d, test %s %.4f → %s", selection_split(cfg.eval, STAGE), cfg.eval.metric,
              state.best_score, state.best_epoch, cfg.eval.metric, state.best.get("test", {}).get(cfg.eval.metric, 0),
              stage_uri)

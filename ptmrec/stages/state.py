@@ -31,9 +31,10 @@ class TrainState:
         eta = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
         return f"{self.epoch}/{epochs}" + (f", stops by {last} (≤ {eta})" if last > self.epoch else "")
 
-    def observe(self, result: dict[str, dict[str, float]], metric: str) -> bool:
-        """Record an evaluation of epoch `self.epoch`; True if it is the best so far on valid `metric`."""
-        score = result["valid"][metric]
+    def observe(self, result: dict[str, dict[str, float]], metric: str, split: str = "valid") -> bool:
+        """Record an evaluation of epoch `self.epoch`; True if it is the best so far on `split`'s `metric`
+        (valid, or a half of it: `selection_split`)."""
+        score = result[split][metric]
         if score > self.best_score:
             self.best_score, self.best_epoch, self.bad_evals, self.best = score, self.epoch, 0, result
             return True

@@ -89,3 +89,23 @@ def test_stage2_runs_and_saved_adapters_reproduce_features(repo, smoke_data, smo
     # Every adapter starts as the identity: the saved features are the frozen ones exactly when epoch 0 won.
     changed = not all(torch.equal(frozen[m], saved[m]) for m in saved)
     assert changed == (metrics["best_epoch"] > 0)
+
+
+def test_valid_halves_choose_stage1_on_one_half_and_stage2_on_the_other(repo, smoke_data, smoke_stage1, tmp_path):
+    """eval.selection: valid_halves: stage 1 picks its epoch on valid_a, stage 2 (start included) on valid_b."""
+    run = tmp_path / "run"
+    copy_run(smoke_stage1, run, parts=["features"])  # the frozen features; stage 1 trains anew (another setting)
+    sets = ["--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}", "--set", f"run.uri={run}",
+            "--set", "eval.selection=valid_halves", "--set", "stage1.epochs=4", "--set", "stage1.patience=1000"]
+    proc = ptmrec(repo, "stage1", *sets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = ptmrec(repo, "stage2", *sets, "--set", "stage2.epochs=2", "--set", "stage2.patience=1000")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(valid_b " in proc.stderr and "epoch 0 (the starting point): valid recall@20" in proc.stderr
+    for stage, half in (("stage1", "valid_a"), ("stage2", "valid_b")):
+        m = json.loads((run / stage / "metrics.json").read_text())
+        assert m["selection_split"] == half and {"valid_a", "valid_b"} <= set(m)
+        scores = [h[f"{half}/recall@20"] for h in m["history"] if f"{half}/recall@20" in h]
+        epochs = [h["epoch"] for h in m["history"] if f"{half}/recall@20" in h]
+        assert m["best_epoch"] == epochs[scores.index(max(scores))]  # the first best on the choosing half
+        assert m[half]["recall@20"] == max(scores)

@@ -114,3 +114,32 @@ def test_lazy_adam_is_refused_before_any_work_for_a_graph_model(repo):
     cfg = load_config(repo / "configs/smoke.yaml", ["recommender.name=lightgcn", "stage1.optimizer=lazy_adam"])
     with pytest.raises(ConfigError, match="stage1.optimizer: lazy_adam needs .* lightgcn propagates"):
         check_lazy_adam(cfg, "stage1")
+
+
+def test_valid_halves_split_the_valid_users_in_two_fixed_halves_that_choose_apart():
+    from ptmrec.stages.common import selection_split, valid_half
+    from ptmrec.stages.state import TrainState
+
+    halves = [valid_half(u) for u in range(10_000)]
+    assert 0.48 < halves.count("a") / len(halves) < 0.52 and halves == [valid_half(u) for u in range(10_000)]
+    assert set(halves[:20]) == {"a", "b"}  # not by id order: old and new users in both halves
+    inter = toy_interactions(users=60)
+    model = build_recommender("bpr", num_users=inter.num_users, num_items=inter.num_items)
+    plain = evaluate_distributed(model, inter, EvalConfig(ks=[5, 10]), 0, 1)
+    split = evaluate_distributed(model, inter, EvalConfig(ks=[5, 10], selection="valid_halves"), 0, 1)
+    assert set(plain) == {"valid", "test"} and set(split) == {"valid", "test", "valid_a", "valid_b"}
+    assert split["valid"] == pytest.approx(plain["valid"]) and split["test"] == pytest.approx(plain["test"])
+    n_a = sum(valid_half(u) == "a" for u in inter.valid)
+    for k in split["valid"]:  # the halves' means, weighted by their users, are the whole split's
+        whole = (n_a * split["valid_a"][k] + (len(inter.valid) - n_a) * split["valid_b"][k]) / len(inter.valid)
+        assert whole == pytest.approx(split["valid"][k])
+    halves_cfg = EvalConfig(selection="valid_halves")
+    assert [selection_split(halves_cfg, *s) for s in (("stage1",), ("stage2",), ("stage2", "no_kt"), ("stage2", "joint"))] \
+        == ["valid_a", "valid_b", "valid_b", "valid_a"]
+    assert selection_split(EvalConfig(), "stage2") == "valid"
+    # an epoch is the best on the half that chooses it, whatever the whole valid split says
+    state = TrainState()
+    state.observe({"valid": {"recall@20": 0.5}, "valid_b": {"recall@20": 0.1}}, "recall@20", "valid_b")
+    state.epoch = 1
+    assert state.observe({"valid": {"recall@20": 0.4}, "valid_b": {"recall@20": 0.2}}, "recall@20", "valid_b")
+    assert state.best_epoch == 1
