@@ -255,7 +255,8 @@ def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "r
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
     first = cols[0]
     head = ["seed", "stage", "chosen epoch", f"valid {metric}", *(f"test {c}" for c in cols),
-            f"Δ {first} vs frozen", f"best adapted epoch: valid {metric} (test {first})"]
+            f"Δ {first} vs frozen", f"best adapted epoch: valid {metric} (test {first})",
+            f"chosen epoch's lead over its neighbours: valid (test) {metric}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for seed, rows in per_seed.items():
         frozen = rows[0] if rows and rows[0]["stage"] == "stage1" else None
@@ -264,7 +265,7 @@ def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "r
             change = f"{100 * (m['test'][first] / base - 1):+.1f} %" if base else "—"
             cells = [str(seed), label(m), _chosen(m), f"{m['valid'].get(metric, float('nan')):.4f}",
                      *(f"{m['test'].get(c, float('nan')):.4f}" for c in cols), change,
-                     _best_adapted(m, metric, first) if m["stage"] != "stage1" else "—"]
+                     _best_adapted(m, metric, first) if m["stage"] != "stage1" else "—", _lead(m, metric)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -283,3 +284,17 @@ def _best_adapted(m: dict, metric: str, test_metric: str) -> str:
     best = max(adapted, key=lambda h: h[f"valid/{metric}"])
     test = best.get(f"test/{test_metric}")
     return (f"{best['epoch']}: {best[f'valid/{metric}']:.4f}" + (f" ({test:.4f})" if test is not None else ""))
+
+
+def _lead(m: dict, metric: str, each_side: int = 5) -> str:
+    """How far the chosen epoch's valid `metric` stands above the mean of the evaluations around it (up to
+    `each_side` on each side), with the same for test. Choosing the best of many noisy evaluations flatters
+    valid; test, which played no part, shows how much of the lead is luck."""
+    evals = [h for h in m.get("history", []) if f"valid/{metric}" in h and f"test/{metric}" in h]
+    at = next((i for i, h in enumerate(evals) if h["epoch"] == m.get("best_epoch")), None)
+    around = evals[max(0, at - each_side):at] + evals[at + 1:at + 1 + each_side] if at is not None else []
+    if len(around) < 2:
+        return "—"
+    lead = {split: evals[at][f"{split}/{metric}"] - sum(h[f"{split}/{metric}"] for h in around) / len(around)
+            for split in ("valid", "test")}
+    return f"{lead['valid']:+.4f} ({lead['test']:+.4f})"

@@ -57,7 +57,10 @@ def test_the_report_plot_draws_every_stage():
 def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
     from ptmrec.report import seed_detail
 
-    frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "best_epoch": 40}
+    # stage 1 chose epoch 40 on valid: it leads its neighbours by 0.02 there, and trails them by 0.01 on test
+    frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "best_epoch": 40,
+              "history": [{"epoch": e, "valid/recall@20": v, "test/recall@20": t}
+                          for e, v, t in ((30, 0.18, 0.21), (35, 0.20, 0.21), (40, 0.21, 0.20), (45, 0.19, 0.21))]}
     kept = {**_metrics("stage2", 0.10, 0.20, 0.21, "ptmrec"), "best_epoch": 0,
             "history": [{"epoch": 0, "valid/recall@20": 0.21, "test/recall@10": 0.10},
                         {"epoch": 1, "valid/recall@20": 0.205, "test/recall@10": 0.12},
@@ -68,5 +71,6 @@ def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
                        ks=[10, 20], metric="recall@20")
     rows = [line.split(" | ") for line in text.splitlines()[2:]]
     assert [(r[0].strip("| "), r[2]) for r in rows] == [("1", "40"), ("1", "0 (the start)"), ("2", "9"), ("2", "1")]
-    assert rows[1][-2] == "+0.0 %" and rows[1][-1].strip(" |") == "1: 0.2050 (0.1200)"  # the better of epochs 1, 2
-    assert rows[3][-2] == "+10.0 %" and rows[0][-1].strip(" |") == "—"
+    assert rows[1][-3] == "+0.0 %" and rows[1][-2] == "1: 0.2050 (0.1200)"  # the better of epochs 1, 2
+    assert rows[3][-3] == "+10.0 %" and rows[0][-2] == "—"
+    assert rows[0][-1].strip(" |") == "+0.0200 (-0.0100)" and rows[2][-1].strip(" |") == "—"  # no history: no lead
