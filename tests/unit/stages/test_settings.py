@@ -16,3 +16,13 @@ def test_joint_trains_at_stage_1s_budget_from_a_fresh_recommender(repo):
     two_stage = effective_settings(cfg)
     assert (two_stage["epochs"], two_stage["patience"], two_stage["from_stage1"]) == (3, 1, True)
     assert two_stage["kt_weight"] == cfg.stage2.kt.weight and two_stage["adapter"] == cfg.stage2.adapter.name
+
+
+def test_a_setting_added_later_leaves_the_fingerprint_alone_at_its_old_behaviour(repo):
+    from ptmrec.stages.common import settings_fingerprint
+
+    cfg = load_config(repo / "configs/smoke.yaml", [])
+    # the fingerprint stage 1 of configs/smoke.yaml had before eval.selection existed (seed 7)
+    assert settings_fingerprint(cfg, "stage1") == "503067c501c6e3a2"
+    halves = load_config(repo / "configs/smoke.yaml", ["eval.selection=valid_halves"])
+    assert settings_fingerprint(halves, "stage1") != settings_fingerprint(cfg, "stage1")
