@@ -51,3 +51,22 @@ def test_a_stage2_trial_that_cannot_fit_next_to_its_workers_fails_in_one_line(re
         check_trial_fits(base, 2.0)
     check_trial_fits(base, 3.0)
     check_trial_fits(load_config(str(repo / "configs/amazon-clothing.yaml"), ["ray.cpus_per_worker=1.75"]), 2.0)
+
+
+def test_under_valid_halves_trials_are_ranked_on_the_half_that_chose_their_epochs(repo, tmp_path):
+    import json
+
+    from ptmrec.storage import Storage
+    from ptmrec.sweep import _summarise, _trial
+
+    base = load_config(str(repo / "configs/smoke.yaml"), [f"run.uri=file://{tmp_path}", "eval.selection=valid_halves"])
+    storage = Storage(base.storage)
+    # trial x leads on the whole valid split, y on valid_b, the half stage 2 chose its epochs on
+    for name, valid, half in (("x", 0.30, 0.20), ("y", 0.28, 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({
+            "valid": {"recall@20": valid}, "valid_b": {"recall@20": half}, "test": {"recall@20": 0.1},
+            "best_epoch": 1, "selection_split": "valid_b"}))
+    trials = [_trial(n, {"stage2.kt.weight": w}, "s1", storage, f"file://{tmp_path}/{n}") for n, w in (("x", 1.0), ("y", 2.0))]
+    summary = _summarise(base, storage, "valid_b/recall@20", trials)
+    assert summary["best"]["trial"] == "y" and summary["best"]["chosen_on"] == "valid_b"
