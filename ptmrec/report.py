@@ -256,7 +256,7 @@ def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "r
     first = cols[0]
     head = ["seed", "stage", "chosen epoch", f"valid {metric}", *(f"test {c}" for c in cols),
             f"Δ {first} vs frozen", f"best adapted epoch: valid {metric} (test {first})",
-            f"chosen epoch's lead over its neighbours: valid (test) {metric}"]
+            f"stage 1: chosen epoch's lead over its neighbours, valid (test) {metric}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for seed, rows in per_seed.items():
         frozen = rows[0] if rows and rows[0]["stage"] == "stage1" else None
@@ -265,7 +265,7 @@ def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "r
             change = f"{100 * (m['test'][first] / base - 1):+.1f} %" if base else "—"
             cells = [str(seed), label(m), _chosen(m), f"{m['valid'].get(metric, float('nan')):.4f}",
                      *(f"{m['test'].get(c, float('nan')):.4f}" for c in cols), change,
-                     _best_adapted(m, metric, first) if m["stage"] != "stage1" else "—", _lead(m, metric)]
+                     *((_best_adapted(m, metric, first), "—") if m["stage"] != "stage1" else ("—", _lead(m, metric)))]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

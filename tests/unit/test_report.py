@@ -74,3 +74,4 @@ def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
     assert rows[1][-3] == "+0.0 %" and rows[1][-2] == "1: 0.2050 (0.1200)"  # the better of epochs 1, 2
     assert rows[3][-3] == "+10.0 %" and rows[0][-2] == "—"
     assert rows[0][-1].strip(" |") == "+0.0200 (-0.0100)" and rows[2][-1].strip(" |") == "—"  # no history: no lead
+    assert rows[1][-1].strip(" |") == "—"  # stage 2's few epochs climb: their lead is training, not luck
