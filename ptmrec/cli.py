@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("compare", help="frozen baseline vs ptmrec vs no_kt vs joint (vs full_finetune) in one table",
-                       description="Run stage 1 (unless finished) and stage 2 in each mode on one data set, then "
-                       "write one table (report.md, report.png) under the run URI.")
+                       description="Run stage 1 and stage 2 in each mode on one data set, then write one table "
+                       "(report.md, report.png) under the run URI. A stage finished under the run URI with the same "
+                       "settings is reused; one finished with other settings is trained again (as ptmrec pipeline "
+                       "does).")
     _add_config_args(p)
     p.add_argument("--modes", nargs="+", default=["ptmrec", "no_kt", "joint"],
                    choices=["ptmrec", "no_kt", "joint", "full_finetune"], help="stage-2 modes to run")
@@ -257,25 +259,38 @@ def _compare_one(cfg, modes: list[str], quiet: bool) -> str:
     import dataclasses
 
     from ptmrec.report import write_report
-    from ptmrec.stages.common import read_metrics
+    from ptmrec.stages.common import settings_fingerprint
     from ptmrec.stages.knowledge import run_knowledge_stage, stage_dir
     from ptmrec.stages.recommendation import run_recommendation_stage
-    from ptmrec.storage import StorageError, join
+    from ptmrec.storage import join
 
     storage = _storage(cfg)
-    try:
-        read_metrics(storage, join(cfg.run.uri, "stage1"))
+    if _finished(storage, join(cfg.run.uri, "stage1"), settings_fingerprint(cfg, "stage1")):
         print(f"stage 1 already finished under {cfg.run.uri}: reusing it")
-    except StorageError:
+    else:
         run_recommendation_stage(cfg, progress=not quiet)
     for mode in modes:
         mode_cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, mode=mode))
-        try:
-            read_metrics(storage, join(cfg.run.uri, stage_dir(mode)))
+        if _finished(storage, join(cfg.run.uri, stage_dir(mode)), settings_fingerprint(mode_cfg, "stage2")):
             print(f"stage 2 ({mode}) already finished: reusing it")
-        except StorageError:
+        else:
             run_knowledge_stage(mode_cfg, progress=not quiet)
     return write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
+
+
+def _finished(storage, stage_uri: str, settings: str) -> bool:
+    """Whether `stage_uri` holds a finished run with these settings (a run with others is trained again, as
+    `ptmrec pipeline` does: its result must not stand for this config's)."""
+    from ptmrec.stages.common import read_metrics
+    from ptmrec.storage import StorageError
+
+    try:
+        written = read_metrics(storage, stage_uri).get("settings")
+    except StorageError:
+        return False
+    if written != settings:
+        print(f"{stage_uri} holds a run with other settings: training it again", flush=True)
+    return written == settings
 
 
 def cmd_sweep(args) -> int:

@@ -9,3 +9,32 @@ def test_compare_refuses_a_named_stage2_folder_before_any_work(capsys, tmp_path)
     assert code == 2
     assert "stage2.output" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_compare_reuses_only_stages_finished_with_the_same_settings(monkeypatch, capsys, tmp_path, repo):
+    import json
+
+    import ptmrec.stages.knowledge as knowledge
+    import ptmrec.stages.recommendation as recommendation
+    from ptmrec.cli import _compare_one
+    from ptmrec.config import load_config
+    from ptmrec.stages.common import settings_fingerprint
+
+    ran = []
+    monkeypatch.setattr(recommendation, "run_recommendation_stage", lambda cfg, progress: ran.append("stage1"))
+    monkeypatch.setattr(knowledge, "run_knowledge_stage", lambda cfg, progress: ran.append(cfg.stage2.mode))
+    cfg = load_config(repo / "configs/smoke.yaml", [f"run.uri=file://{tmp_path}", "stage2.epochs=3"])
+    one_epoch = load_config(repo / "configs/smoke.yaml", [f"run.uri=file://{tmp_path}", "stage2.epochs=1"])
+    for folder, settings in (("stage1", settings_fingerprint(cfg, "stage1")),
+                             ("stage2", settings_fingerprint(one_epoch, "stage2")),  # another stage 2 setting
+                             ("stage2-no_kt", "0000000000000000")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps({"settings": settings}))
+    monkeypatch.setattr("ptmrec.report.write_report", lambda *a, **k: "report")
+    _compare_one(cfg, ["ptmrec", "no_kt"], quiet=True)
+    assert ran == ["ptmrec", "no_kt"]  # stage 1 reused; both stage-2 folders hold other settings
+    out = capsys.readouterr().out
+    assert "stage 1 already finished" in out and out.count("holds a run with other settings") == 2
+    ran.clear()
+    _compare_one(one_epoch, ["ptmrec"], quiet=True)
+    assert ran == []  # the 1-epoch stage 2 is this config's
