@@ -233,7 +233,7 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
                       if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]
             deltas = [100 * (ours / base - 1) for ours, base in paired]
             p = paired_t_pvalue([ours - base for ours, base in paired])
-            cells.append(mean_std(deltas, "+.1f") + " %" + (f" (p {p:.3f})" if p is not None else "") if deltas else "—")
+            cells.append(mean_std(deltas, "+.1f") + " %" + (f" (p {p:.3f})" if p is not None and p >= 0.001 else " (p < 0.001)" if p is not None else "") if deltas else "—")
         cells += _cost_cells(list(runs.values()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
