@@ -259,38 +259,32 @@ def _compare_one(cfg, modes: list[str], quiet: bool) -> str:
     import dataclasses
 
     from ptmrec.report import write_report
-    from ptmrec.stages.common import settings_fingerprint
-    from ptmrec.stages.knowledge import run_knowledge_stage, stage_dir
+    from ptmrec.stages.knowledge import run_knowledge_stage
     from ptmrec.stages.recommendation import run_recommendation_stage
-    from ptmrec.storage import join
 
     storage = _storage(cfg)
-    if _finished(storage, join(cfg.run.uri, "stage1"), settings_fingerprint(cfg, "stage1")):
+    if _finished(storage, cfg, "stage1"):
         print(f"stage 1 already finished under {cfg.run.uri}: reusing it")
     else:
         run_recommendation_stage(cfg, progress=not quiet)
     for mode in modes:
         mode_cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, mode=mode))
-        if _finished(storage, join(cfg.run.uri, stage_dir(mode)), settings_fingerprint(mode_cfg, "stage2")):
+        if _finished(storage, mode_cfg, "stage2"):
             print(f"stage 2 ({mode}) already finished: reusing it")
         else:
             run_knowledge_stage(mode_cfg, progress=not quiet)
     return write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
 
 
-def _finished(storage, stage_uri: str, settings: str) -> bool:
-    """Whether `stage_uri` holds a finished run with these settings (a run with others is trained again, as
-    `ptmrec pipeline` does: its result must not stand for this config's)."""
-    from ptmrec.stages.common import read_metrics
-    from ptmrec.storage import StorageError
+def _finished(storage, cfg, stage: str) -> bool:
+    """Whether the run holds `stage` finished with these settings, as `ptmrec pipeline` decides it: a run
+    finished with other settings is trained again (its result must not stand for this config's)."""
+    from ptmrec.pipeline import JOBS, finished
 
-    try:
-        written = read_metrics(storage, stage_uri).get("settings")
-    except StorageError:
-        return False
-    if written != settings:
-        print(f"{stage_uri} holds a run with other settings: training it again", flush=True)
-    return written == settings
+    marker, done = finished(storage, cfg, next(job for job in JOBS if job.name == stage))
+    if done is False:
+        print(f"{marker} holds a run with other settings: training it again", flush=True)
+    return bool(done)
 
 
 def cmd_sweep(args) -> int:
@@ -305,8 +299,8 @@ def cmd_sweep(args) -> int:
         print(f"trial {best['trial']}: test {key} {best['test'][key]:.4f} (SELECTED ON TEST: MMRec's table protocol, "
               f"for comparison only), valid {key} {best['valid'][key]:.4f}  {best['params']}")
     else:
-        chosen_on = best.get("chosen_on", "valid")
-        print(f"best trial {best['trial']}: {chosen_on} {key} {best.get('chooser', best['valid'])[key]:.4f} (selected), "
+        chosen_on = best["chosen_on"]
+        print(f"best trial {best['trial']}: {chosen_on} {key} {best[chosen_on][key]:.4f} (selected), "
               f"test {key} {best['test'][key]:.4f} (reported)  {best['params']}")
     return 0
 

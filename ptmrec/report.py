@@ -233,10 +233,14 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
                       if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]
             deltas = [100 * (ours / base - 1) for ours, base in paired]
             p = paired_t_pvalue([ours - base for ours, base in paired])
-            cells.append(mean_std(deltas, "+.1f") + " %" + (f" (p {p:.3f})" if p is not None and p >= 0.001 else " (p < 0.001)" if p is not None else "") if deltas else "—")
+            cells.append(mean_std(deltas, "+.1f") + " %" + _p_value(p) if deltas else "—")
         cells += _cost_cells(list(runs.values()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _p_value(p: Optional[float]) -> str:
+    return "" if p is None else " (p < 0.001)" if p < 0.001 else f" (p {p:.3f})"
 
 
 def seeds_report(run_name: str, per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
@@ -245,7 +249,8 @@ def seeds_report(run_name: str, per_seed: dict[int, list[dict]], ks: list[int], 
             f"epoch, mean ± std over the seeds; Δ = change against the same seed's frozen stage 1, with the "
             f"two-sided paired t-test's p-value on the differences.\n\n{seed_table(per_seed, ks, metric)}\n\n"
             f"Seed by seed (a stage 2 whose adapted epochs were all below its start on valid keeps the start; the "
-            f"last column shows its best adapted epoch anyway):\n\n{seed_detail(per_seed, ks, metric)}\n")
+            f"last columns show its best adapted epoch anyway, and how far stage 1's choice leads its neighbours; under "
+            f"eval.selection: valid_halves both read the half that chose):\n\n{seed_detail(per_seed, ks, metric)}\n")
 
 
 def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
@@ -278,23 +283,26 @@ def _chosen(m: dict) -> str:
 
 
 def _best_adapted(m: dict, metric: str, test_metric: str) -> str:
-    adapted = [h for h in m.get("history", []) if h.get("epoch", 0) > 0 and f"valid/{metric}" in h]
+    """The adapted epoch best on the split that chose the stage's epoch (valid, or a half: valid_halves)."""
+    chooser = f"{m.get('selection_split', 'valid')}/{metric}"
+    adapted = [h for h in m.get("history", []) if h.get("epoch", 0) > 0 and chooser in h]
     if not adapted:
         return "—"
-    best = max(adapted, key=lambda h: h[f"valid/{metric}"])
+    best = max(adapted, key=lambda h: h[chooser])
     test = best.get(f"test/{test_metric}")
-    return (f"{best['epoch']}: {best[f'valid/{metric}']:.4f}" + (f" ({test:.4f})" if test is not None else ""))
+    return (f"{best['epoch']}: {best[chooser]:.4f}" + (f" ({test:.4f})" if test is not None else ""))
 
 
 def _lead(m: dict, metric: str, each_side: int = 5) -> str:
     """How far the chosen epoch's valid `metric` stands above the mean of the evaluations around it (up to
     `each_side` on each side), with the same for test. Choosing the best of many noisy evaluations flatters
-    valid; test, which played no part, shows how much of the lead is luck."""
-    evals = [h for h in m.get("history", []) if f"valid/{metric}" in h and f"test/{metric}" in h]
+    valid; test, which played no part, shows how much of the lead is luck. Under valid_halves: the choosing half."""
+    chooser = m.get("selection_split", "valid")
+    evals = [h for h in m.get("history", []) if f"{chooser}/{metric}" in h and f"test/{metric}" in h]
     at = next((i for i, h in enumerate(evals) if h["epoch"] == m.get("best_epoch")), None)
     around = evals[max(0, at - each_side):at] + evals[at + 1:at + 1 + each_side] if at is not None else []
     if len(around) < 2:
         return "—"
     lead = {split: evals[at][f"{split}/{metric}"] - sum(h[f"{split}/{metric}"] for h in around) / len(around)
-            for split in ("valid", "test")}
-    return f"{lead['valid']:+.4f} ({lead['test']:+.4f})"
+            for split in (chooser, "test")}
+    return f"{lead[chooser]:+.4f} ({lead['test']:+.4f})"

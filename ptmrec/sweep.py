@@ -223,7 +223,8 @@ def _run_tuner(config_path: str, overrides: list[str], base: Config, metric: str
         m = run_knowledge_stage(cfg, progress=False, callbacks=[TuneReportCallback()])
         # The stage's result (its best epoch, chosen on valid) is the trial's last: Tune then ranks what the stage
         # chose, and a trial resumed after its last epoch, which trains and reports nothing, still has a result.
-        tune.report({**{f"{split}/{k}": v for split in ("valid", "test", "valid_a", "valid_b") for k, v in m.get(split, {}).items()},
+        splits = ("valid", "test", m.get("selection_split", "valid"))
+        tune.report({**{f"{split}/{k}": v for split in splits for k, v in m[split].items()},
                      "best_epoch": m["best_epoch"], "last_epoch": True})
 
     storage_path, filesystem = ray_train.ray_storage(base, "ray_tune")
@@ -246,9 +247,10 @@ def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metri
     try:
         m = read_metrics(storage, metrics_uri)
         if settings is None or m.get("settings") == settings:
-            chooser = m.get("selection_split", "valid")  # valid, or its half under eval.selection: valid_halves
-            trial.update(valid=m["valid"], test=m["test"], best_epoch=m["best_epoch"], chosen_on=chooser,
-                         chooser=m.get(chooser, m["valid"]))
+            # the split that chose the stage's epoch: valid, or its half under eval.selection: valid_halves
+            chosen_on = m.get("selection_split", "valid")
+            trial.update({"valid": m["valid"], "test": m["test"], chosen_on: m[chosen_on], "chosen_on": chosen_on,
+                          "best_epoch": m["best_epoch"]})
             return trial
         trial["error"] = "finished with other settings"
     except StorageError:
@@ -267,7 +269,7 @@ def _summarise(base: Config, storage: Storage, metric: str, trials: list[dict]) 
     if not finished:
         raise RuntimeError(f"sweep {sw.name}: no trial finished an epoch")
     # By valid: each trial's own choosing split, the half that chose its epoch under valid_halves.
-    best = max(finished, key=lambda t: t["test"][key] if sw.select == "test" else t.get("chooser", t["valid"])[key])
+    best = max(finished, key=lambda t: t["test" if sw.select == "test" else t["chosen_on"]][key])
     summary = {"metric": metric, "select": sw.select, "stage": sw.stage, "best": best, "trials": trials}
     if sw.select == "test":
         summary["warning"] = SELECTED_ON_TEST

@@ -106,6 +106,7 @@ def recommendation_worker(config: dict) -> None:
     micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
     sc = cfg.stage1
     train_s, triples_seen, run_start, first_epoch = 0.0, 0, time.perf_counter(), state.epoch
+    chooser = selection_split(cfg.eval, STAGE)  # the split whose metric picks the epoch
     for epoch in range(state.epoch, sc.epochs):
         t0 = time.perf_counter()
         parts = train_epoch(engine, model, inter, epoch, cfg.run.seed, micro, rank, world_size, device)
@@ -123,7 +124,7 @@ def recommendation_worker(config: dict) -> None:
         t0 = time.perf_counter()
         result = evaluate_distributed(model, inter, cfg.eval, rank, world_size)
         record["eval_s"] = round(time.perf_counter() - t0, 3)
-        improved = state.observe(result, cfg.eval.metric, selection_split(cfg.eval, STAGE))
+        improved = state.observe(result, cfg.eval.metric, chooser)
         if improved and rank == 0:
             best_weights = cpu_state(model.state_dict())
         record.update(result_metrics(result))
@@ -135,15 +136,14 @@ def recommendation_worker(config: dict) -> None:
             log.info("epoch %s: loss %.4f (%s) %.1f s | %s%s",
                      state.progress(sc.epochs, sc.patience, per_epoch, sc.eval_every),
                      sum(parts.values()), ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), epoch_s,
-                     score_line(cfg.eval, result, selection_split(cfg.eval, STAGE)),
+                     score_line(cfg.eval, result, chooser),
                      " *best*" if improved else f" (best {state.best_score:.4f} at epoch {state.best_epoch})")
         with ray_train.checkpoint_dir() as ckpt:
             save_checkpoint(engine, state, ckpt, rank, best_weights)
             ray_train.report(record, checkpoint_dir=ckpt)
         if stop:
             if rank == 0:
-                log.info("early stop: no better %s %s for %d evaluations", selection_split(cfg.eval, STAGE),
-                         cfg.eval.metric, sc.patience)
+                log.info("early stop: no better %s %s for %d evaluations", chooser, cfg.eval.metric, sc.patience)
             break
 
     # --- save (rank 0): the best model is the teacher
