@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pipeline: show every line of the jobs' output (Ray's CLI chatter, W&B's banners)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_training_commands(sub)
+    _add_result_commands(sub)
+    _add_cluster_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub) -> None:
+    """The stages and the searches over them."""
     p = sub.add_parser("prepare", help="raw data → WebDataset shards + manifest.json at data.uri",
                        description="Read the source named by data.source (mmrec directory, MovieLens-100K "
                        "from the recbole wheel, or the synthetic catalogue) and write item and interaction "
@@ -90,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "<run.uri>/sweep-<name>.json, .csv and .png.")
     _add_config_args(p)
 
+
+def _add_result_commands(sub) -> None:
+    """What a finished stage gives back: metrics, recommendations, serving files, the report."""
     p = sub.add_parser("evaluate", help="re-evaluate a finished stage from the run URI (full ranking, valid + test)",
                        description="Rebuild a finished stage's recommender with its cached features (frozen for "
                        "stage1, adapted for stage2) and rank every item for every user, MMRec's protocol; writes "
@@ -123,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "report (Markdown table + PNG plot).")
     _add_config_args(p)
 
+
+def _add_cluster_commands(sub) -> None:
+    """The whole run as Ray jobs, the config check and the local S3 server."""
     p = sub.add_parser("pipeline", help="the whole run: prepare → stage1 → stage2 as three `ray job submit` jobs",
                        description="Start a local Ray cluster (unless --address names one) and the local S3 server "
                        "(when run.uri is s3:// on localhost), submit prepare, the recommendation stage and the "
@@ -144,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "variables that point PTMRec at it; stops on Ctrl-C. Objects live in memory.")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.add_argument("--bucket", action="append", default=[], help="bucket to create at start (repeatable)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
