@@ -275,6 +275,19 @@ def _last_line(exc: BaseException) -> str:
 # -------------------------------------------------------------------------------- worker-side helpers
 
 
+def start_worker(cfg: Config) -> tuple[int, int, list[str]]:
+    """What every stage's worker does first: timestamped INFO logs without Ray Train's per-report lines, its
+    CPUs as torch threads, the run's seed (the same initial weights on every rank; DeepSpeed broadcasts
+    anyway). Returns (rank, world size, every rank's node id)."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_worker_logs()
+    use_assigned_cpus(cfg)
+    torch.manual_seed(cfg.run.seed)
+    return (*world(), worker_nodes())
+
+
 def use_assigned_cpus(cfg: Config, cpus: Optional[float] = None) -> int:
     """Give this worker's torch its CPUs (`ray.cpus_per_worker` unless given) as threads, rounded (at least 1);
     returns the count. Ray floors a fractional share (1.75 CPUs → 1 thread), which would halve a worker given

@@ -136,12 +136,7 @@ def knowledge_worker(config: dict) -> None:
     """One Ray Train worker of stage 2 (see the module docstring for the shape)."""
     cfg: Config = config["cfg"]
     settings, sc = config["settings"], cfg.stage2
-    rank, world_size = ray_train.world()
-    nodes = ray_train.worker_nodes()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    ray_train.quiet_worker_logs()
-    ray_train.use_assigned_cpus(cfg)
-    torch.manual_seed(cfg.run.seed)
+    rank, world_size, nodes = ray_train.start_worker(cfg)
     start = time.perf_counter()
 
     # --- setup: data, teacher, student recommender, adapted encoder, engine
@@ -212,8 +207,7 @@ def knowledge_worker(config: dict) -> None:
         write_report(storage, cfg.run.uri, cfg.eval.ks, cfg.eval.metric)
         report_png = storage.read_bytes(join(cfg.run.uri, "report.png"))
         weights = [join(cfg.run.uri, out, name) for name in ("adapter.pt", "recommender.pt")]
-        tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
-                                                            for k, v in m.items()}}, table=state.best, image_png=report_png,
+        tracker.finish(state.summary(), table=state.best, image_png=report_png,
                        artifact=("adapter", weights) if all(storage.exists(w) for w in weights) else None)
     del engine
     ray_train.finish_distributed()

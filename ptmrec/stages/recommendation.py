@@ -75,12 +75,7 @@ def run_recommendation_stage(cfg: Config, progress: bool = True) -> dict:
 def recommendation_worker(config: dict) -> None:
     """One Ray Train worker of stage 1 (see the module docstring for the shape)."""
     cfg: Config = config["cfg"]
-    rank, world_size = ray_train.world()
-    nodes = ray_train.worker_nodes()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    ray_train.quiet_worker_logs()
-    ray_train.use_assigned_cpus(cfg)
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DeepSpeed broadcasts anyway)
+    rank, world_size, nodes = ray_train.start_worker(cfg)
     start = time.perf_counter()
 
     # --- setup
@@ -151,9 +146,7 @@ def recommendation_worker(config: dict) -> None:
         _save_outputs(cfg, storage, model, best_weights, inter, state, config, trainable, total,
                       wall_s=time.perf_counter() - start, items_per_s=triples_seen / max(train_s, 1e-9), nodes=nodes)
     out = join(cfg.run.uri, STAGE)
-    tracker.finish({"best_epoch": state.best_epoch, **{f"best/{split}/{k}": v for split, m in state.best.items()
-                                                        for k, v in m.items()}}, table=state.best,
-                   artifact=("model", [join(out, "model.pt"), join(out, "teacher.pt")]))
+    tracker.finish(state.summary(), table=state.best, artifact=("model", [join(out, "model.pt"), join(out, "teacher.pt")]))
     del engine
     ray_train.finish_distributed()
 

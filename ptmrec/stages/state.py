@@ -41,6 +41,11 @@ class TrainState:
         self.bad_evals += 1
         return False
 
+    def summary(self) -> dict[str, Any]:
+        """The run's result for the tracker's summary: the chosen epoch and its metrics, flat."""
+        return {"best_epoch": self.best_epoch,
+                **{f"best/{split}/{k}": v for split, metrics in self.best.items() for k, v in metrics.items()}}
+
 
 def save_checkpoint(engine, state: TrainState, directory: str, rank: int, best: Optional[Any],
                     exclude_frozen: bool = False) -> None:
