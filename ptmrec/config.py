@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ptmrec.uris import StorageError, absolute_uri
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names file and key."""
@@ -377,8 +379,6 @@ def resolve_local_paths(cfg: Config) -> None:
     Ray workers run in their own working directories, so `file://./runs/x` must mean the same there.
     """
     import os
-
-    from ptmrec.storage import StorageError, absolute_uri  # storage imports this module: import at call time
 
     for section, attr, key in ((cfg.run, "uri", "run.uri"), (cfg.data, "uri", "data.uri"),
                                (cfg.run, "features_uri", "run.features_uri")):

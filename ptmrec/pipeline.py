@@ -27,7 +27,8 @@ from ptmrec.config import Config, pinned_overrides
 from ptmrec.lease import RunLease
 from ptmrec.runtime.local_ray import ray_command
 from ptmrec.runtime.local_s3 import die_with_parent
-from ptmrec.storage import Storage, join, parse_uri
+from ptmrec.storage import Storage
+from ptmrec.uris import join, parse_uri
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import logging
 from typing import Optional
 
 from ptmrec.stages.common import read_metrics
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 

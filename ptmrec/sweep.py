@@ -33,7 +33,8 @@ import random
 from typing import Any, Optional
 
 from ptmrec.config import Config, ConfigError, load_config, pinned_overrides
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 

@@ -128,7 +128,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for key, value in PROFILES["tiny" if args.tiny else "vit-b16"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    from ptmrec.storage import absolute_uri
+    from ptmrec.uris import absolute_uri
 
     # main() works in the repository root (configs, ray_config.yaml, ds_config.json): paths given here
     # mean what they meant where the command was typed.

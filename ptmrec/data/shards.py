@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from ptmrec.config import DataConfig
 from ptmrec.data.tables import Dataset
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 

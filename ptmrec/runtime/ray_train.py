@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ptmrec.config import Config, ConfigError
-from ptmrec.storage import Storage, join, parse_uri
+from ptmrec.storage import Storage
+from ptmrec.uris import join, parse_uri
 
 log = logging.getLogger(__name__)
 

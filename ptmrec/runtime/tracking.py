@@ -76,7 +76,7 @@ def _artifact(name: str, kind: str, uris: list[str]):
     checksummed: W&B would have to reach the store with its own client)."""
     import wandb
 
-    from ptmrec.storage import parse_uri
+    from ptmrec.uris import parse_uri
 
     art = wandb.Artifact(name, type=kind)
     for uri in uris:

@@ -16,7 +16,8 @@ from ptmrec.config import Config, ConfigError, EvalConfig, RecommenderConfig
 from ptmrec.data.stream import Interactions
 from ptmrec.evaluation import csr_from_pairs, evaluate_splits
 from ptmrec.recommenders import Recommender, get_recommender_class
-from ptmrec.storage import Storage, join
+from ptmrec.storage import Storage
+from ptmrec.uris import join
 
 METRICS_FILE = "metrics.json"
 

@@ -17,7 +17,8 @@ from ptmrec.recommenders import Recommender
 from ptmrec.runtime.device import select_device
 from ptmrec.stages.common import build_recommender_from_config, evaluate_distributed, load_torch, read_metrics
 from ptmrec.stages.features import load_features
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 

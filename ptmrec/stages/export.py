@@ -26,7 +26,8 @@ from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest, read_ids
 from ptmrec.data.stream import read_interactions
 from ptmrec.stages.evaluate import load_stage_model
-from ptmrec.storage import Storage, join
+from ptmrec.storage import Storage
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 

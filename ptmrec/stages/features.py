@@ -21,7 +21,8 @@ import torch
 from ptmrec.config import Config
 from ptmrec.data.shards import load_manifest
 from ptmrec.runtime.device import encoder_autocast, select_device
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,7 @@ def encode_items(cfg: Config, rank: int, world_size: int, encoder=None, progress
     wants_images = "image" in manifest["modalities"]
     wants_text = "text" in manifest["modalities"]
     if cache is not None:
-        from ptmrec.stages.layer_cache import cache_pipeline
-
-        stream = cache_pipeline(cache, storage, batch_size=cfg.encoder.batch_size, rank=rank, world_size=world_size)
+        stream = cache.pipeline(storage, batch_size=cfg.encoder.batch_size, rank=rank, world_size=world_size)
     else:
         stream = items_from_manifest(storage, cfg.data.uri, batch_size=cfg.encoder.batch_size, rank=rank,
                                      world_size=world_size, transform=encoder.image_transform if wants_images else None,

@@ -41,7 +41,8 @@ from ptmrec.stages.common import (build_configured_encoder, build_recommender_fr
 from ptmrec.stages.features import encode_items, feature_dir, load_features, save_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
 from ptmrec.stages.student import ItemUserIndex, Student
-from ptmrec.storage import Storage, join
+from ptmrec.storage import Storage
+from ptmrec.uris import join
 
 log = logging.getLogger("ptmrec.stage2")
 
@@ -329,10 +330,8 @@ def item_stream(cfg: Config, storage: Storage, encoder, epoch: int, rank: int, w
     processes (with a `LayerCache`: the frozen layers' states read from it), pinned for the copy to a GPU."""
     manifest = load_manifest(storage, cfg.data.uri)
     if cache is not None:
-        from ptmrec.stages.layer_cache import cache_pipeline
-
-        stream = cache_pipeline(cache, storage, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,
-                                plan=epoch_plan(cfg, manifest, epoch, world_size, cache), seed=_epoch_seed(cfg, epoch))
+        stream = cache.pipeline(storage, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,
+                                 plan=epoch_plan(cfg, manifest, epoch, world_size, cache), seed=_epoch_seed(cfg, epoch))
         return make_loader(stream, num_workers=cfg.ray.loader_workers, pin_memory=device.type == "cuda")
     stream = items_from_manifest(
         storage, cfg.data.uri, batch_size=cfg.stage2.items_per_step, rank=rank, world_size=world_size,

@@ -40,7 +40,8 @@ from ptmrec.data.stream import ItemBatch, ShardError, item_pipeline, make_loader
 from ptmrec.encoders.layer_split import TowerState, lower
 from ptmrec.runtime.device import encoder_autocast, select_device
 from ptmrec.stages.features import feature_dir, progress_bar
-from ptmrec.storage import Storage, StorageError, join
+from ptmrec.storage import Storage, StorageError
+from ptmrec.uris import join
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,16 @@ class LayerCache:
     def counts(self) -> dict[str, int]:
         """Cache shard URL -> items, for `plan_epoch`."""
         return shard_counts(self.meta, self.uri, "items")
+
+    def pipeline(self, storage: Storage, **kwargs):
+        """`item_pipeline` over the cache shards (hash-checked): `ItemBatch`es with `states` and no raw inputs.
+
+        `kwargs` are `item_pipeline`'s (batch_size, rank, world_size, plan, seed, …).
+        """
+        sha = shard_hashes(self.meta, self.uri, "items")
+        return item_pipeline(list(sha), storage, expected_sha256=sha,
+                             decode=functools.partial(decode_sample, dtype=self.dtype, modalities=tuple(self.frozen_layers)),
+                             collate=collate_states, **kwargs)
 
     def summary(self) -> dict:
         """What metrics.json records about the cache."""
@@ -242,17 +253,6 @@ def _npy(tensor: torch.Tensor) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- read
-
-
-def cache_pipeline(cache: LayerCache, storage: Storage, **kwargs):
-    """`item_pipeline` over the cache shards (hash-checked): `ItemBatch`es with `states` and no raw inputs.
-
-    `kwargs` are `item_pipeline`'s (batch_size, rank, world_size, plan, seed, …).
-    """
-    sha = shard_hashes(cache.meta, cache.uri, "items")
-    return item_pipeline(list(sha), storage, expected_sha256=sha,
-                         decode=functools.partial(decode_sample, dtype=cache.dtype, modalities=tuple(cache.frozen_layers)),
-                         collate=collate_states, **kwargs)
 
 
 def decode_sample(sample: dict, dtype: str, modalities: tuple[str, ...]) -> dict:

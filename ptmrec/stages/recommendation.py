@@ -33,7 +33,8 @@ from ptmrec.stages.common import (build_recommender_from_config, check_lazy_adam
                                   settings_fingerprint, write_metrics)
 from ptmrec.stages.features import extract_frozen_features, load_features
 from ptmrec.stages.state import TrainState, restore_checkpoint, save_checkpoint
-from ptmrec.storage import Storage, join
+from ptmrec.storage import Storage
+from ptmrec.uris import join
 
 log = logging.getLogger("ptmrec.stage1")
 

@@ -2,7 +2,9 @@ import os
 
 import pytest
 
-from ptmrec.storage import Storage, StorageError, absolute_uri, join, parse_uri
+from ptmrec.storage import Storage, StorageError
+
+from ptmrec.uris import absolute_uri, join, parse_uri
 
 
 def test_parse_uri():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from ptmrec.config import load_config
-from ptmrec.storage import Storage, join
+from ptmrec.storage import Storage
+from ptmrec.uris import join
 from ptmrec import sweep
 
 
