@@ -222,7 +222,7 @@ def format_metrics(metrics: dict, ks: list[int]) -> str:
 
 
 def cmd_stage2(args) -> int:
-    from ptmrec.report import write_report
+    from ptmrec.stages.report import write_report
     from ptmrec.stages.knowledge import run_knowledge_stage
     from ptmrec.storage import Storage
 
@@ -235,7 +235,7 @@ def cmd_stage2(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ptmrec.report import collect, seeds_report
+    from ptmrec.stages.report import collect, seeds_report
     from ptmrec.stages.features import features_root
 
     base = checked_config(args, stage2=True)  # fail on a bad config before any work
@@ -271,7 +271,7 @@ def _compare_one(cfg, modes: list[str], quiet: bool) -> str:
     """Stage 1 (unless finished) and stage 2 in each mode of one run; returns its report."""
     import dataclasses
 
-    from ptmrec.report import write_report
+    from ptmrec.stages.report import write_report
     from ptmrec.stages.knowledge import run_knowledge_stage
     from ptmrec.stages.recommendation import run_recommendation_stage
 
@@ -362,7 +362,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ptmrec.report import write_report
+    from ptmrec.stages.report import write_report
     from ptmrec.storage import Storage
 
     cfg = checked_config(args)

@@ -28,7 +28,7 @@ from ptmrec.data.epochs import EpochPlan, plan_epoch
 from ptmrec.data.shards import load_manifest, shard_counts
 from ptmrec.data.stream import ItemBatch, items_from_manifest, make_loader, read_interactions
 from ptmrec.recommenders import get_recommender_class
-from ptmrec.report import write_report
+from ptmrec.stages.report import write_report
 from ptmrec.encoders.adapters import count_parameters, set_train_mode
 from ptmrec.runtime import ray_train
 from ptmrec.runtime.device import select_device

@@ -30,7 +30,7 @@ def test_compare_reuses_only_stages_finished_with_the_same_settings(monkeypatch,
                              ("stage2-no_kt", "0000000000000000")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "metrics.json").write_text(json.dumps({"settings": settings}))
-    monkeypatch.setattr("ptmrec.report.write_report", lambda *a, **k: "report")
+    monkeypatch.setattr("ptmrec.stages.report.write_report", lambda *a, **k: "report")
     _compare_one(cfg, ["ptmrec", "no_kt"], quiet=True)
     assert ran == ["ptmrec", "no_kt"]  # stage 1 reused; both stage-2 folders hold other settings
     out = capsys.readouterr().out

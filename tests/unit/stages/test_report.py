@@ -1,6 +1,6 @@
 import pytest
 
-from ptmrec.report import seed_table
+from ptmrec.stages.report import seed_table
 
 
 def _metrics(stage, r10, r20, valid, mode=None):
@@ -31,7 +31,7 @@ def test_seed_table_gives_mean_std_and_paired_deltas():
 
 
 def test_paired_t_test_p_values():
-    from ptmrec.report import paired_t_pvalue
+    from ptmrec.stages.report import paired_t_pvalue
 
     # reference values from the t distribution (two-sided): t = 2.776 with 4 df is p = 0.05
     assert paired_t_pvalue([1.0, 2.0, 3.0, 2.5, 1.5]) == pytest.approx(0.004813, abs=1e-6)
@@ -43,7 +43,7 @@ def test_paired_t_test_p_values():
 
 
 def test_the_report_plot_draws_every_stage():
-    from ptmrec.report import plot
+    from ptmrec.stages.report import plot
 
     frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "dataset": "toy", "seed": 3, "best_epoch": 2,
               "history": [{"epoch": e, "valid/recall@20": 0.1 * e} for e in (1, 2, 3)]}
@@ -55,7 +55,7 @@ def test_the_report_plot_draws_every_stage():
 
 
 def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
-    from ptmrec.report import seed_detail
+    from ptmrec.stages.report import seed_detail
 
     # stage 1 chose epoch 40 on valid: it leads its neighbours by 0.02 there, and trails them by 0.01 on test
     frozen = {**_metrics("stage1", 0.10, 0.20, 0.21), "best_epoch": 40,
