@@ -23,7 +23,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
                                                  "sweep.trial_cpus")),
     *((k, lambda v: v >= 1, AT_LEAST_ONE) for k in (
         "stage1.epochs", "stage1.patience", "stage1.batch_size", "stage1.eval_every", "stage1.num_workers",
-        "stage2.epochs", "stage2.patience", "stage2.pairs_per_step", "stage2.num_workers", "eval.batch_users",
+        "stage2.epochs", "stage2.patience", "stage2.eval_every", "stage2.pairs_per_step", "stage2.num_workers", "eval.batch_users",
         "data.shard_items", "data.shard_users", "encoder.max_text_len", "recommender.embedding_dim",
         "sweep.num_samples", "sweep.max_concurrent_trials")),
     ("stage2.items_per_step", lambda v: v >= 2, "an integer of 2 or more (negatives come from the chunk)"),

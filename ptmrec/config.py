@@ -194,8 +194,12 @@ class Stage2Config:
     output: Optional[str] = None  # folder under run.uri; null: stage2/ (ptmrec) or stage2-<mode>/
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     kt: KTConfig = field(default_factory=KTConfig)
-    epochs: int = 5  # joint (one stage) trains at stage 1's budget instead: stage1.epochs and stage1.patience
-    patience: int = 3
+    # joint (one stage) trains at stage 1's budget instead: stage1.epochs, stage1.patience, stage1.eval_every
+    epochs: int = 5
+    patience: int = 3  # evaluations without a better one
+    # evaluate (re-encode the catalogue, rank, checkpoint) after every k-th epoch and the last: the epoch is
+    # chosen among these; an evaluation costs about half an epoch on Clothing's CPU runs
+    eval_every: int = 1
     items_per_step: int = 64  # items encoded per step and worker (the chunk)
     # at most this many steps (chunks per worker) per epoch, drawn uniformly as ever; null: every item once
     steps_per_epoch: Optional[int] = None

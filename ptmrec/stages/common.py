@@ -205,7 +205,7 @@ _STAGE_SECTIONS = {"stage1": ("data", "encoder", "recommender", "stage1", "eval"
 _NOT_RESULTS = {"stage1": ("num_workers", "zero_stage"), "stage2": ("num_workers", "zero_stage", "log_every")}
 # Settings added after runs were made, left out of the fingerprint at the value that reproduces the behaviour
 # before them, so that those runs still count as finished with the same settings.
-_LATER_DEFAULTS = {"eval": {"selection": "valid"}}
+_LATER_DEFAULTS = {"eval": {"selection": "valid"}, "stage2": {"eval_every": 1}}
 
 
 def settings_fingerprint(cfg: Config, stage: str) -> str:
@@ -219,7 +219,8 @@ def settings_fingerprint(cfg: Config, stage: str) -> str:
         if section in picked:
             picked[section] = {k: v for k, v in picked[section].items() if k not in _NOT_RESULTS[section]}
     for section, defaults in _LATER_DEFAULTS.items():
-        picked[section] = {k: v for k, v in picked[section].items() if defaults.get(k, object()) != v}
+        if section in picked:
+            picked[section] = {k: v for k, v in picked[section].items() if defaults.get(k, object()) != v}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -73,6 +73,7 @@ def effective_settings(cfg: Config) -> dict:
         # One-stage training gets stage 1's budget and early stopping, or it only measures under-training.
         "epochs": cfg.stage1.epochs if mode == "joint" else cfg.stage2.epochs,
         "patience": cfg.stage1.patience if mode == "joint" else cfg.stage2.patience,
+        "eval_every": cfg.stage1.eval_every if mode == "joint" else cfg.stage2.eval_every,
     }
 
 
@@ -113,10 +114,10 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
         from ptmrec.stages.layer_cache import ensure_layer_cache
 
         cache = ensure_layer_cache(cfg, settings["adapter"], sc.num_workers, cfg.ray.cpus_per_worker, progress)
-    log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, up to %d epochs, "
-             "lr %s (warm-up %d steps), ZeRO-%d", sc.mode, settings["adapter"], settings["kt_weight"],
-             sc.kt.temperature, sc.num_workers, sc.items_per_step, steps, settings["epochs"], sc.lr_schedule,
-             sc.warmup_steps, sc.zero_stage)
+    log.info("stage 2 (%s): adapter %s, λ=%g, τ=%g, %d workers × %d items/step, %d steps/epoch, up to %d epochs "
+             "(evaluated every %d), lr %s (warm-up %d steps), ZeRO-%d", sc.mode, settings["adapter"],
+             settings["kt_weight"], sc.kt.temperature, sc.num_workers, sc.items_per_step, steps, settings["epochs"],
+             settings["eval_every"], sc.lr_schedule, sc.warmup_steps, sc.zero_stage)
     identity = {"mode": sc.mode, "data": cfg.data.uri, "seed": cfg.run.seed, "encoder": asdict(cfg.encoder),
                 "recommender": asdict(cfg.recommender), "adapter": asdict(sc.adapter), "kt": asdict(sc.kt),
                 "ds_config": ds_config, "items_per_step": sc.items_per_step, "pairs": sc.pairs_per_step,
@@ -168,23 +169,20 @@ def knowledge_worker(config: dict) -> None:
                          cache)
     if not state.history:
         best = _evaluate_start(cfg, inter, student, frozen, state, rank, world_size, device, cache)
-    run_start, first_epoch = time.perf_counter(), state.epoch
     for epoch in range(state.epoch, settings["epochs"]):
         epoch_s, losses = epoch_run.train(epoch)
         state.epoch = epoch + 1
-        best_before, t0 = state.best_epoch, time.perf_counter()
-        result, best = _evaluate_candidate(cfg, inter, student, state, rank, world_size, device, best, cache)
-        improved = state.best_epoch != best_before
-        record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()},
-                  **result_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)}
-        state.history.append(record)
-        tracker.log({**record, "epoch": state.epoch}, step=epoch_run.global_step)
-        if rank == 0:
-            per_epoch = (time.perf_counter() - run_start) / (state.epoch - first_epoch)
-            log.info("epoch %s: loss %s %.1f s (%.1f items/s) | %s%s",
-                     state.progress(settings["epochs"], settings["patience"], per_epoch), ", ".join(f"{k} {v:.4f}" for k, v in losses.items()), epoch_s,
-                     epoch_run.items_per_epoch / max(epoch_s, 1e-9), score_line(cfg.eval, result, _chooser(cfg)),
-                     " *best*" if improved else "")
+        record = {"epoch": state.epoch, "epoch_s": round(epoch_s, 3), **{f"loss/{k}": v for k, v in losses.items()}}
+        if state.epoch % settings["eval_every"] and state.epoch < settings["epochs"]:
+            # No evaluation, so no candidate, checkpoint or report either: a sweep's scheduler compares
+            # evaluated epochs only, and a restart redoes at most eval_every - 1 epochs.
+            tracker.log(record, step=epoch_run.global_step)
+            if rank == 0:
+                log.info("epoch %s: loss %s %.1f s (evaluated every %d epochs)", state.progress(
+                    settings["epochs"], settings["patience"], epoch_run.seconds_per_epoch, settings["eval_every"]),
+                    _loss_line(record), epoch_s, settings["eval_every"])
+            continue
+        best = _evaluate_epoch(cfg, settings, inter, epoch_run, state, record, best)
         last = state.epoch >= settings["epochs"] or state.bad_evals >= settings["patience"]
         with ray_train.checkpoint_dir() as ckpt:
             # Checkpoints hold what trains (adapters, recommender, optimizer state), not the frozen backbone.
@@ -212,6 +210,30 @@ def knowledge_worker(config: dict) -> None:
                        artifact=("adapter", weights) if all(storage.exists(w) for w in weights) else None)
     del engine
     ray_train.finish_distributed()
+
+
+def _evaluate_epoch(cfg: Config, settings: dict, inter, epoch_run: EpochRun, state: TrainState, record: dict,
+                    best: Optional[dict]) -> Optional[dict]:
+    """Evaluate the epoch just trained as a candidate, add its metrics to `record` and the history, log it;
+    returns the (possibly new) best."""
+    run = epoch_run
+    best_before, t0 = state.best_epoch, time.perf_counter()
+    result, best = _evaluate_candidate(cfg, inter, run.student, state, run.rank, run.world_size, run.device, best,
+                                       run.cache)
+    record.update({**result_metrics(result), "eval_s": round(time.perf_counter() - t0, 3)})
+    state.history.append(record)
+    run.tracker.log(record, step=run.global_step)
+    if run.rank == 0:
+        log.info("epoch %s: loss %s %.1f s (%.1f items/s) | %s%s",
+                 state.progress(settings["epochs"], settings["patience"], run.seconds_per_epoch, settings["eval_every"]),
+                 _loss_line(record), record["epoch_s"], run.items_per_epoch / max(record["epoch_s"], 1e-9),
+                 score_line(cfg.eval, result, _chooser(cfg)), " *best*" if state.best_epoch != best_before else "")
+    return best
+
+
+def _loss_line(record: dict) -> str:
+    """The epoch's mean loss terms ("loss/<term>" in `record`) for its log line."""
+    return ", ".join(f"{k[len('loss/'):]} {v:.4f}" for k, v in record.items() if k.startswith("loss/"))
 
 
 def load_student(cfg: Config, settings: dict, storage: Storage, inter,
@@ -275,10 +297,16 @@ class EpochRun:
         self.rank, self.world_size, self.device, self.tracker, self.steps = rank, world_size, device, tracker, steps
         self.items_per_epoch = steps * cfg.stage2.items_per_step * world_size
         self.global_step, self.train_s, self.items_seen = 0, 0.0, 0
+        self.started, self.epochs_run = 0.0, 0  # from this run's first epoch (a resumed run: after the restart)
 
     @property
     def items_per_s(self) -> float:
         return self.items_seen * self.world_size / max(self.train_s, 1e-9)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Wall time per epoch so far, evaluations included (for the log's estimate of what is left)."""
+        return (time.perf_counter() - self.started) / max(self.epochs_run, 1)
 
     def train(self, epoch: int) -> tuple[float, dict[str, float]]:
         """One epoch of steps: (seconds, mean loss terms)."""
@@ -288,6 +316,7 @@ class EpochRun:
         self.student.train()
         sums: dict[str, torch.Tensor] = {}
         t0 = t_log = time.perf_counter()
+        self.started, self.epochs_run = self.started or t0, self.epochs_run + 1
         logged_items = 0
         # zip stops at `steps`: all of the epoch's chunks, or the first `stage2.steps_per_epoch` of them
         for _, batch in zip(range(self.steps), item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank,

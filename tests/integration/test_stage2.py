@@ -109,3 +109,17 @@ def test_valid_halves_choose_stage1_on_one_half_and_stage2_on_the_other(repo, sm
         epochs = [h["epoch"] for h in m["history"] if f"{half}/recall@20" in h]
         assert m["best_epoch"] == epochs[scores.index(max(scores))]  # the first best on the choosing half
         assert m[half]["recall@20"] == max(scores)
+
+
+def test_stage2_evaluates_every_kth_epoch_and_the_last(repo, smoke_data, smoke_stage1, tmp_path):
+    """stage2.eval_every 2 over 3 epochs: the start, epoch 2 and epoch 3 are evaluated and the only candidates."""
+    run = tmp_path / "run"
+    copy_run(smoke_stage1, run)
+    proc = ptmrec(repo, "stage2", "--config", "configs/smoke.yaml", "--set", f"data.uri={smoke_data}",
+                  "--set", f"run.uri={run}", "--set", "stage2.epochs=3", "--set", "stage2.eval_every=2",
+                  "--set", "stage2.patience=1000")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "epoch 1/3" in proc.stderr and "(evaluated every 2 epochs)" in proc.stderr
+    m = json.loads((run / "stage2" / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == [0, 2, 3]
+    assert m["best_epoch"] in (0, 2, 3) and m["epochs_run"] == 3

@@ -12,9 +12,12 @@ def test_joint_trains_at_stage_1s_budget_from_a_fresh_recommender(repo):
     joint = effective_settings(cfg)
     assert (joint["epochs"], joint["patience"], joint["kt_weight"], joint["from_stage1"]) == (40, 7, 0.0, False)
     assert joint["recommender_lr"] == cfg.stage1.lr
+    cfg.stage1.eval_every, cfg.stage2.eval_every = 5, 2
+    assert effective_settings(cfg)["eval_every"] == 5  # joint evaluates on stage 1's cadence too
     cfg.stage2.mode = "ptmrec"
     two_stage = effective_settings(cfg)
     assert (two_stage["epochs"], two_stage["patience"], two_stage["from_stage1"]) == (3, 1, True)
+    assert two_stage["eval_every"] == 2
     assert two_stage["kt_weight"] == cfg.stage2.kt.weight and two_stage["adapter"] == cfg.stage2.adapter.name
 
 
@@ -28,3 +31,8 @@ def test_a_setting_added_later_leaves_the_fingerprint_alone_at_its_old_behaviour
     halves = load_config(repo / "configs/smoke.yaml", ["data.uri=file:///srv/ptmrec/data/synthetic",
                                                        "eval.selection=valid_halves"])
     assert settings_fingerprint(halves, "stage1") != settings_fingerprint(cfg, "stage1")
+    # stage 2's, from before stage2.eval_every existed (computed at ef295f3): every epoch evaluated, as then
+    assert settings_fingerprint(cfg, "stage2") == "325cb1f7057cc770"
+    sparse = load_config(repo / "configs/smoke.yaml", ["data.uri=file:///srv/ptmrec/data/synthetic",
+                                                       "stage2.eval_every=2"])
+    assert settings_fingerprint(sparse, "stage2") != settings_fingerprint(cfg, "stage2")
