@@ -403,9 +403,27 @@ def slim_wheel(wheel: Path, out_dir: Path, *, fmt: str = "whl", strip: str | Non
     `xz -d` (or Python's lzma) gives the wheel back before `pip install`."""
     if fmt not in ("whl", "whl.xz"):
         raise ValueError(f"fmt {fmt!r}: 'whl' or 'whl.xz'")
-    strip = shutil.which(strip) if strip else None
     out_dir.mkdir(parents=True, exist_ok=True)
     res = SlimResult(out_dir / (wheel.name + (".xz" if fmt == "whl.xz" else "")))
+    files = _kept_files(wheel, res, shutil.which(strip) if strip else None, drops)
+    records = [n for n in files if re.fullmatch(r"[^/]+\.dist-info/RECORD", n)]
+    if len(records) != 1:
+        raise WheelhouseError(f"{wheel.name}: not a wheel (no single *.dist-info/RECORD)")
+    record = records[0]
+    dist_info = record.rsplit("/", 1)[0]
+    if f"{dist_info}/entry_points.txt" in files and res.removed:
+        _drop_dead_entry_points(files, f"{dist_info}/entry_points.txt", res)
+    rows = [(name, record_hash(data), str(len(data))) for name, (_, data) in files.items() if name != record]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows + [(record, "", "")])
+    files[record] = (files[record][0], buf.getvalue().encode("utf-8"))
+    res.bytes_out = sum(len(data) for _, data in files.values())
+    _write_wheel(files, dist_info, record, res.path, fmt)
+    return res
+
+
+def _kept_files(wheel: Path, res: SlimResult, strip: str | None, drops) -> dict[str, tuple[zipfile.ZipInfo, bytes]]:
+    """The wheel's files that `drops` keeps, ELF binaries stripped; what went is recorded in `res`."""
     files: dict[str, tuple[zipfile.ZipInfo, bytes]] = {}
     with zipfile.ZipFile(wheel) as zin:
         for info in zin.infolist():
@@ -422,33 +440,27 @@ def slim_wheel(wheel: Path, out_dir: Path, *, fmt: str = "whl", strip: str | Non
                     res.stripped.append((info.filename, len(data), len(stripped)))
                     data = stripped
             files[info.filename] = (info, data)
-    records = [n for n in files if re.fullmatch(r"[^/]+\.dist-info/RECORD", n)]
-    if len(records) != 1:
-        raise WheelhouseError(f"{wheel.name}: not a wheel (no single *.dist-info/RECORD)")
-    record = records[0]
-    dist_info = record.rsplit("/", 1)[0]
+    return files
 
-    entry_points = f"{dist_info}/entry_points.txt"
-    if entry_points in files and res.removed:
-        info, data = files[entry_points]
-        kept_lines = []
-        for line in data.decode("utf-8").splitlines():
-            m = re.match(r"\s*([^=\s]+)\s*=\s*([\w.]+)", line)
-            if m and not line.lstrip().startswith(("[", "#")):
-                mod = m.group(2).replace(".", "/")
-                if mod + ".py" not in files and mod + "/__init__.py" not in files and \
-                        any(r.startswith(mod + "/") or r == mod + ".py" for r in res.removed):
-                    res.entry_points_dropped.append(m.group(1))
-                    continue
-            kept_lines.append(line)
-        files[entry_points] = (info, ("\n".join(kept_lines) + "\n").encode("utf-8"))
 
-    rows = [(name, record_hash(data), str(len(data))) for name, (_, data) in files.items() if name != record]
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows + [(record, "", "")])
-    files[record] = (files[record][0], buf.getvalue().encode("utf-8"))
-    res.bytes_out = sum(len(data) for _, data in files.values())
+def _drop_dead_entry_points(files: dict, entry_points: str, res: SlimResult) -> None:
+    """Remove the console scripts whose module the slimming removed (pip would install broken commands)."""
+    info, data = files[entry_points]
+    kept_lines = []
+    for line in data.decode("utf-8").splitlines():
+        m = re.match(r"\s*([^=\s]+)\s*=\s*([\w.]+)", line)
+        if m and not line.lstrip().startswith(("[", "#")):
+            mod = m.group(2).replace(".", "/")
+            if mod + ".py" not in files and mod + "/__init__.py" not in files and \
+                    any(r.startswith(mod + "/") or r == mod + ".py" for r in res.removed):
+                res.entry_points_dropped.append(m.group(1))
+                continue
+        kept_lines.append(line)
+    files[entry_points] = (info, ("\n".join(kept_lines) + "\n").encode("utf-8"))
 
+
+def _write_wheel(files: dict, dist_info: str, record: str, path: Path, fmt: str) -> None:
+    """Write `files` as a wheel at `path` (fmt "whl") or as a stored wheel inside one xz stream ("whl.xz")."""
     # ELF files first, largest together (what they share is then within the compressor's reach), the
     # .dist-info last as the wheel format asks.
     def order(name: str):
@@ -457,7 +469,7 @@ def slim_wheel(wheel: Path, out_dir: Path, *, fmt: str = "whl", strip: str | Non
         return (name.startswith(dist_info + "/"), name == record, not elf, -len(data) if elf else 0, name)
 
     compression = zipfile.ZIP_DEFLATED if fmt == "whl" else zipfile.ZIP_STORED
-    wheel_out = out_dir / wheel.name if fmt == "whl" else Path(tempfile.mkdtemp()) / wheel.name
+    wheel_out = path if fmt == "whl" else Path(tempfile.mkdtemp()) / path.name[:-len(".xz")]
     try:
         with zipfile.ZipFile(wheel_out, "w", compression=compression, compresslevel=9 if fmt == "whl" else None) as zout:
             for name in sorted(files, key=order):
@@ -471,13 +483,12 @@ def slim_wheel(wheel: Path, out_dir: Path, *, fmt: str = "whl", strip: str | Non
             size = wheel_out.stat().st_size  # a dictionary no larger than the input (memory: ~11x the dictionary)
             filters = [dict(f) for f in XZ_FILTERS]
             filters[-1]["dict_size"] = min(filters[-1]["dict_size"], max(1 << 20, 1 << (size - 1).bit_length()))
-            with open(wheel_out, "rb") as src, lzma.open(res.path, "wb", format=lzma.FORMAT_XZ,
+            with open(wheel_out, "rb") as src, lzma.open(path, "wb", format=lzma.FORMAT_XZ,
                                                            check=lzma.CHECK_CRC64, filters=filters) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     finally:
         if fmt == "whl.xz":
             shutil.rmtree(wheel_out.parent, ignore_errors=True)
-    return res
 
 
 # --------------------------------------------------------------------------------------------------- output
