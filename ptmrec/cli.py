@@ -81,8 +81,10 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "
-                        "frozen stage 1 and the paired t-test's p-value, then each seed's rows (chosen epoch; where stage 2 "
-                        "kept its start, its best adapted epoch too); also written to <run.uri>-seeds.md. The seeds "
+                        "frozen stage 1, the paired t-test's p-value and the seeds each mode beats it on; with two or more "
+                        "modes, ptmrec paired against each other mode (no_kt isolates the knowledge transfer); then "
+                        "each seed's rows (chosen epoch; where stage 2 kept its start, its best adapted epoch too); "
+                        "also written to <run.uri>-seeds.md. The seeds "
                         "share the base run's frozen features and layer caches (run.features_uri)")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "

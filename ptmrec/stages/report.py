@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import logging
+import statistics
 from typing import Optional
 
 from ptmrec.stages.common import read_metrics
@@ -39,7 +40,7 @@ def collect(storage: Storage, run_uri: str) -> list[dict]:
 
 def table(rows: list[dict], ks: list[int], split: str = "test") -> str:
     """A Markdown table of the rows' metrics on `split`, with the change against the first row (stage 1)."""
-    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+    cols = _metric_cols(ks)
     head = ["stage", *cols, "vs frozen R@20" if "recall@20" in cols else "vs frozen", "trainable (encoder)",
             "wall s", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -62,8 +63,6 @@ def encoder_trained(m: dict) -> Optional[str]:
 
 def _cost_cells(runs: list[dict]) -> list[str]:
     """What a row's runs cost: the encoder's trained share, the mean wall time, the largest peak memory."""
-    import statistics
-
     trained = encoder_trained(runs[0]) or "0"
     walls = [m["wall_s"] for m in runs if "wall_s" in m]
     peaks = [m["peak_memory_mb"] for m in runs if m.get("peak_memory_mb")]
@@ -161,8 +160,6 @@ def _plot_curve(ax, m: dict, metric: str, name: str, color: str) -> None:
 def paired_t_pvalue(differences: list[float]) -> float | None:
     """Two-sided p-value of the paired t-test that the mean difference is 0 (None under two pairs; 0 when
     every difference is the same non-zero value, 1 when all are 0)."""
-    import statistics
-
     n = len(differences)
     if n < 2:
         return None
@@ -201,43 +198,95 @@ def _regularized_beta(x: float, a: float, b: float) -> float:
 def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
     """One row per stage over several seeds' runs: test metrics as mean ± std, valid `metric`, and the
     change against the frozen stage 1 of the same seed (paired), as mean ± std over the seeds with the
-    paired t-test's p-value.
+    paired t-test's p-value and on how many seeds the stage is higher.
 
     `per_seed`: seed -> that seed's `collect()` rows (stage 1 first).
     """
-    import statistics
-
-    def mean_std(values: list[float], fmt: str) -> str:
-        if not values:
-            return "—"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
-
-    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
-    short = {"recall": "R", "ndcg": "N"}
+    cols = _metric_cols(ks)
     head = ["stage", "seeds", *(f"test {c}" for c in cols), f"valid {metric}",
-            *(f"Δ {short[c.split('@')[0]]}@{c.split('@')[1]} vs frozen" for c in cols if c.startswith("recall")),
+            *(f"Δ {_short(c)} vs frozen" for c in cols if c.startswith("recall")),
             "encoder trained", "wall (mean)", "peak MB (max)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    labels: list[str] = []
-    for rows in per_seed.values():
-        labels += [label(m) for m in rows if label(m) not in labels]
-    for name in labels:
-        runs = {s: next(m for m in rows if label(m) == name) for s, rows in per_seed.items()
-                if any(label(m) == name for m in rows)}
-        frozen = {s: rows[0] for s, rows in per_seed.items() if rows and rows[0]["stage"] == "stage1"}
+    frozen = {s: rows[0] for s, rows in per_seed.items() if rows and rows[0]["stage"] == "stage1"}
+    for name in _labels(per_seed):
+        runs = _runs_of(per_seed, name)
         cells = [name, ",".join(map(str, runs))]
-        cells += [mean_std([m["test"][c] for m in runs.values() if c in m["test"]], ".4f") for c in cols]
-        cells.append(mean_std([m["valid"][metric] for m in runs.values() if metric in m["valid"]], ".4f"))
+        cells += [_mean_std([m["test"][c] for m in runs.values() if c in m["test"]], ".4f") for c in cols]
+        cells.append(_mean_std([m["valid"][metric] for m in runs.values() if metric in m["valid"]], ".4f"))
         for c in (c for c in cols if c.startswith("recall")):
-            paired = [(m["test"][c], frozen[s]["test"][c]) for s, m in runs.items()
-                      if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]
-            deltas = [100 * (ours / base - 1) for ours, base in paired]
-            p = paired_t_pvalue([ours - base for ours, base in paired])
-            cells.append(mean_std(deltas, "+.1f") + " %" + _p_value(p) if deltas else "—")
+            cells.append(_paired_cell([(m["test"][c], frozen[s]["test"][c]) for s, m in runs.items()
+                                       if s in frozen and m is not frozen[s] and frozen[s]["test"].get(c)]))
         cells += _cost_cells(list(runs.values()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mode_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
+    """`ptmrec` against each other stage-2 mode of the same seeds (no_kt isolates the knowledge transfer,
+    joint the two-stage schedule): paired changes on test recall and on valid `metric`. Empty when the runs
+    hold `ptmrec` and no other mode."""
+    stage2 = [name for name in _labels(per_seed) if not name.startswith("frozen")]
+    ours = next((name for name in stage2 if name.startswith("ptmrec")), None)
+    others = [name for name in stage2 if name != ours]
+    if ours is None or not others:
+        return ""
+    cols = [c for c in _metric_cols(ks) if c.startswith("recall")]
+    head = [f"{ours} against", "seeds", *(f"Δ test {_short(c)}" for c in cols), f"Δ valid {_short(metric)}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mine = _runs_of(per_seed, ours)
+    for name in others:
+        theirs = {s: m for s, m in _runs_of(per_seed, name).items() if s in mine}
+        cells = [name, ",".join(map(str, theirs))]
+        cells += [_paired_cell([(mine[s]["test"][c], m["test"][c]) for s, m in theirs.items() if m["test"].get(c)])
+                  for c in cols]
+        cells.append(_paired_cell([(mine[s]["valid"][metric], m["valid"][metric]) for s, m in theirs.items()
+                                   if m["valid"].get(metric)]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _metric_cols(ks: list[int]) -> list[str]:
+    return [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+
+
+def _short(metric: str) -> str:
+    """recall@20 -> R@20, ndcg@10 -> N@10."""
+    name, k = metric.split("@")
+    return f"{_SHORT.get(name, name)}@{k}"
+
+
+_SHORT = {"recall": "R", "ndcg": "N"}
+
+
+def _labels(per_seed: dict[int, list[dict]]) -> list[str]:
+    labels: list[str] = []
+    for rows in per_seed.values():
+        labels += [label(m) for m in rows if label(m) not in labels]
+    return labels
+
+
+def _runs_of(per_seed: dict[int, list[dict]], name: str) -> dict[int, dict]:
+    """seed -> that seed's run labelled `name`, for the seeds that have one."""
+    return {s: next(m for m in rows if label(m) == name) for s, rows in per_seed.items()
+            if any(label(m) == name for m in rows)}
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
+
+
+def _paired_cell(pairs: list[tuple[float, float]]) -> str:
+    """(ours, theirs) per seed -> "mean ± std % (p), higher on k of n": relative changes, the paired t-test on
+    the differences, and the seeds on which ours is strictly higher."""
+    if not pairs:
+        return "—"
+    deltas = [100 * (ours / theirs - 1) for ours, theirs in pairs]
+    p = paired_t_pvalue([ours - theirs for ours, theirs in pairs])
+    higher = sum(ours > theirs for ours, theirs in pairs)
+    return f"{_mean_std(deltas, '+.1f')} %{_p_value(p)}, higher on {higher} of {len(pairs)}"
 
 
 def _p_value(p: Optional[float]) -> str:
@@ -249,16 +298,23 @@ def seeds_report(run_name: str, per_seed: dict[int, list[dict]], ks: list[int], 
     return (f"# {run_name}: seeds {', '.join(map(str, per_seed))}\n\nTest metrics at each run's best valid {metric} "
             f"epoch, mean ± std over the seeds; Δ = change against the same seed's frozen stage 1, with the "
             f"two-sided paired t-test's p-value on the differences.\n\n{seed_table(per_seed, ks, metric)}\n\n"
+            f"{_mode_section(per_seed, ks, metric)}"
             f"Seed by seed (a stage 2 whose adapted epochs were all below its start on valid keeps the start; the "
             f"last columns show its best adapted epoch anyway, and how far stage 1's choice leads its neighbours; under "
             f"eval.selection: valid_halves both read the half that chose):\n\n{seed_detail(per_seed, ks, metric)}\n")
+
+
+def _mode_section(per_seed: dict[int, list[dict]], ks: list[int], metric: str) -> str:
+    pairs = mode_table(per_seed, ks, metric)
+    return (f"The stage-2 modes against each other, paired by seed (the same frozen start):\n\n{pairs}\n\n"
+            if pairs else "")
 
 
 def seed_detail(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
     """One row per seed and stage: the chosen epoch, valid `metric`, test metrics and the change against the
     seed's frozen stage 1. A stage 2 that kept its starting point (no adapted epoch beat it on valid) also
     shows its best adapted epoch, which the seed's result does not use, so a reader sees how close it came."""
-    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks if k <= 20] or [f"recall@{ks[0]}"]
+    cols = _metric_cols(ks)
     first = cols[0]
     head = ["seed", "stage", "chosen epoch", f"valid {metric}", *(f"test {c}" for c in cols),
             f"Δ {first} vs frozen", f"best adapted epoch: valid {metric} (test {first})",

@@ -75,3 +75,24 @@ def test_seed_detail_shows_a_kept_start_and_the_adapted_epoch_it_passed_over():
     assert rows[3][-3] == "+10.0 %" and rows[0][-2] == "—"
     assert rows[0][-1].strip(" |") == "+0.0200 (-0.0100)" and rows[2][-1].strip(" |") == "—"  # no history: no lead
     assert rows[1][-1].strip(" |") == "—"  # stage 2's few epochs climb: their lead is training, not luck
+
+
+def test_mode_table_pairs_ptmrec_with_each_other_mode_by_seed():
+    from ptmrec.stages.report import mode_table, seeds_report
+
+    per_seed = {1: [_metrics("stage1", 0.10, 0.20, 0.21), _metrics("stage2", 0.11, 0.22, 0.24, "ptmrec"),
+                    _metrics("stage2", 0.10, 0.20, 0.21, "no_kt")],
+                2: [_metrics("stage1", 0.20, 0.30, 0.31), _metrics("stage2", 0.24, 0.33, 0.32, "ptmrec"),
+                    _metrics("stage2", 0.20, 0.33, 0.33, "no_kt")],
+                3: [_metrics("stage1", 0.20, 0.30, 0.31), _metrics("stage2", 0.21, 0.30, 0.32, "ptmrec")]}
+    text = mode_table(per_seed, ks=[10, 20], metric="recall@20")
+    head, _, row = text.splitlines()
+    assert head.startswith("| ptmrec (vbpr, prompt) against | seeds | Δ test R@10 | Δ test R@20 | Δ valid R@20 |")
+    cells = row.strip("| ").split(" | ")
+    assert cells[:2] == ["no_kt (vbpr, prompt)", "1,2"]  # seed 3 has no no_kt run: not paired
+    assert cells[2] == "+15.0 ± +7.1 % (p 0.344), higher on 2 of 2"  # +20 % and +10 % on R@10
+    assert cells[3].endswith("higher on 1 of 2") and cells[4].endswith("higher on 1 of 2")  # a tie is not higher
+    # the frozen comparison counts the seeds above frozen too; the report carries the table
+    assert "higher on 3 of 3" in seeds_report("toy", per_seed, [10, 20])
+    assert "against each other" in seeds_report("toy", per_seed, [10, 20])
+    assert mode_table({s: rows[:2] for s, rows in per_seed.items()}, ks=[10, 20]) == ""  # ptmrec alone
