@@ -225,17 +225,18 @@ def mode_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
     """`ptmrec` against each other stage-2 mode of the same seeds (no_kt isolates the knowledge transfer,
     joint the two-stage schedule): paired changes on test recall and on valid `metric`. Empty when the runs
     hold `ptmrec` and no other mode."""
-    stage2 = [name for name in _labels(per_seed) if not name.startswith("frozen")]
-    ours = next((name for name in stage2 if name.startswith("ptmrec")), None)
-    others = [name for name in stage2 if name != ours]
-    if ours is None or not others:
+    stage2 = {name: _runs_of(per_seed, name) for name in _labels(per_seed)}
+    stage2 = {name: runs for name, runs in stage2.items() if next(iter(runs.values()))["stage"] != "stage1"}
+    ours = next((name for name, runs in stage2.items()
+                 if next(iter(runs.values())).get("mode", "ptmrec") == "ptmrec"), None)
+    if ours is None or len(stage2) < 2:
         return ""
     cols = [c for c in _metric_cols(ks) if c.startswith("recall")]
     head = [f"{ours} against", "seeds", *(f"Δ test {_short(c)}" for c in cols), f"Δ valid {_short(metric)}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    mine = _runs_of(per_seed, ours)
-    for name in others:
-        theirs = {s: m for s, m in _runs_of(per_seed, name).items() if s in mine}
+    mine = stage2.pop(ours)
+    for name, runs in stage2.items():
+        theirs = {s: m for s, m in runs.items() if s in mine}
         cells = [name, ",".join(map(str, theirs))]
         cells += [_paired_cell([(mine[s]["test"][c], m["test"][c]) for s, m in theirs.items() if m["test"].get(c)])
                   for c in cols]
