@@ -38,3 +38,18 @@ def test_compare_reuses_only_stages_finished_with_the_same_settings(monkeypatch,
     ran.clear()
     _compare_one(one_epoch, ["ptmrec"], quiet=True)
     assert ran == []  # the 1-epoch stage 2 is this config's
+
+
+def test_compare_with_no_modes_trains_stage1_only(monkeypatch, tmp_path, repo):
+    # `--modes` alone: the frozen baseline over the seeds, no stage 2 started
+    import ptmrec.stages.knowledge as knowledge
+    import ptmrec.stages.recommendation as recommendation
+
+    ran = []
+    monkeypatch.setattr(recommendation, "run_recommendation_stage", lambda cfg, progress: ran.append(cfg.run.seed))
+    monkeypatch.setattr(knowledge, "run_knowledge_stage", lambda cfg, progress: ran.append(cfg.stage2.mode))
+    monkeypatch.setattr("ptmrec.stages.report.write_report", lambda *a, **k: "report")
+    monkeypatch.setattr("ptmrec.stages.report.collect", lambda storage, uri: [])
+    code = main(["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
+                 "--seeds", "1", "2", "--modes"])
+    assert code == 0 and ran == [1, 2]
