@@ -36,3 +36,15 @@ def test_a_setting_added_later_leaves_the_fingerprint_alone_at_its_old_behaviour
     sparse = load_config(repo / "configs/smoke.yaml", ["data.uri=file:///srv/ptmrec/data/synthetic",
                                                        "stage2.eval_every=2"])
     assert settings_fingerprint(sparse, "stage2") != settings_fingerprint(cfg, "stage2")
+
+
+def test_a_hyperparameter_set_to_the_models_default_fingerprints_as_left_out(repo):
+    from ptmrec.stages.common import settings_fingerprint
+
+    sets = ["data.uri=file:///srv/ptmrec/data/synthetic", "recommender.name=vbpr"]
+    unset = load_config(repo / "configs/smoke.yaml", sets)
+    default = load_config(repo / "configs/smoke.yaml", [*sets, "recommender.reg_weight=0.0001"])  # VBPR's own
+    tuned = load_config(repo / "configs/smoke.yaml", [*sets, "recommender.reg_weight=0.1"])
+    assert settings_fingerprint(default, "stage1") == settings_fingerprint(unset, "stage1")
+    assert settings_fingerprint(tuned, "stage1") != settings_fingerprint(unset, "stage1")
+    assert settings_fingerprint(tuned, "stage2") != settings_fingerprint(unset, "stage2")
