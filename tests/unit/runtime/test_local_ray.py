@@ -1,6 +1,7 @@
 """Session folders of local Ray clusters whose head is gone (a SIGKILLed pipeline) are removed at the next start."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,12 @@ def test_only_folders_no_running_process_names_are_removed(tmp_path, monkeypatch
     os.utime(orphan, (old, old))
     os.utime(live, (old, old))  # `fresh` is being set up by a cluster starting now: not touched
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--temp-dir", str(live)])
+    # Popen returns once exec has begun, a moment before the kernel shows the new command line in /proc (read
+    # empty then); a real head has run for seconds before its folder is 10 s old, so wait as it would have
+    cmdline = Path(f"/proc/{holder.pid}/cmdline")
+    deadline = time.time() + 10
+    while str(live).encode() not in cmdline.read_bytes() and time.time() < deadline:
+        time.sleep(0.01)
     try:
         assert remove_orphaned_sessions() == [str(orphan)]
     finally:
