@@ -221,14 +221,14 @@ def settings_fingerprint(cfg: Config, stage: str) -> str:
     for section, defaults in _LATER_DEFAULTS.items():
         if section in picked:
             picked[section] = {k: v for k, v in picked[section].items() if defaults.get(k, object()) != v}
-    picked["recommender"] = _model_defaults_unset(cfg.recommender, picked["recommender"])
+    picked["recommender"] = _model_defaults_unset(picked["recommender"])
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _model_defaults_unset(rc: RecommenderConfig, fields: dict) -> dict:
+def _model_defaults_unset(fields: dict) -> dict:
     """The recommender section with every null-by-default field set to the model's own default shown as null:
     `reg_weight: 0.0001` for VBPR trains as leaving it out does, so runs made either way count as the same."""
-    params = inspect.signature(get_recommender_class(rc.name).__init__).parameters
+    params = inspect.signature(get_recommender_class(fields["name"]).__init__).parameters
     nullable = {f.name for f in dataclasses.fields(RecommenderConfig) if f.default is None}
     return {k: None if k in nullable and k in params and params[k].default == v else v for k, v in fields.items()}
 
