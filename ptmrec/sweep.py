@@ -295,11 +295,16 @@ def sweep_csv(summary: dict) -> str:
     writer.writerow(["trial", *keys, *(f"valid/{m}" for m in metrics), *(f"test/{m}" for m in metrics),
                      "best_epoch", f"selected_by_{summary['select']}"])
     for t in summary["trials"]:
-        writer.writerow([t["trial"], *(json.dumps(t["params"].get(k)) for k in keys),
+        writer.writerow([t["trial"], *(_csv_value(t["params"].get(k)) for k in keys),
                          *(t["valid"].get(m, "") for m in metrics), *(t["test"].get(m, "") for m in metrics),
                          t["best_epoch"] if t["best_epoch"] is not None else "",
                          int(t["trial"] == summary["best"]["trial"])])
     return out.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    # a name reads as itself (lora, not "lora"); lists, maps and null keep their YAML-compatible JSON form
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def sweep_plot(summary: dict, title: str) -> bytes:

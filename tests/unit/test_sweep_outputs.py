@@ -12,7 +12,7 @@ from ptmrec.sweep import format_sweep, sweep_csv, sweep_plot, validate_space
 
 
 def summary(select: str) -> dict:
-    trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1}, "valid": {"recall@20": 0.30},
+    trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1, "stage2.adapter.name": "lora"}, "valid": {"recall@20": 0.30},
                "test": {"recall@20": 0.25}, "best_epoch": 4},
               {"trial": "b", "params": {"recommender.reg_weight": 0.001}, "valid": {"recall@20": 0.28},
                "test": {"recall@20": 0.27}, "best_epoch": 9},
@@ -26,6 +26,7 @@ def test_csv_has_a_row_per_trial_and_marks_the_pick():
     rows = list(csv.DictReader(io.StringIO(sweep_csv(summary("valid")))))
     assert [r["trial"] for r in rows] == ["a", "b", "c"]
     assert rows[0]["recommender.reg_weight"] == "0.1" and rows[1]["test/recall@20"] == "0.27"
+    assert rows[0]["stage2.adapter.name"] == "lora" and rows[1]["stage2.adapter.name"] == "null"
     assert [r["selected_by_valid"] for r in rows] == ["1", "0", "0"] and rows[2]["valid/recall@20"] == ""
 
 
