@@ -12,8 +12,8 @@ from ptmrec.sweep import format_sweep, sweep_csv, sweep_plot, validate_space
 
 
 def summary(select: str) -> dict:
-    trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1, "stage2.adapter.name": "lora"}, "valid": {"recall@20": 0.30},
-               "test": {"recall@20": 0.25}, "best_epoch": 4},
+    trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1, "stage2.adapter.name": "lora"},
+               "valid": {"recall@20": 0.30}, "test": {"recall@20": 0.25}, "best_epoch": 4},
               {"trial": "b", "params": {"recommender.reg_weight": 0.001}, "valid": {"recall@20": 0.28},
                "test": {"recall@20": 0.27}, "best_epoch": 9},
               {"trial": "c", "params": {"recommender.reg_weight": 1.0}, "valid": {}, "test": {}, "best_epoch": None,
