@@ -203,7 +203,9 @@ class Stage2Config:
     items_per_step: int = 64  # items encoded per step and worker (the chunk)
     # at most this many steps (chunks per worker) per epoch, drawn uniformly as ever; null: every item once
     steps_per_epoch: Optional[int] = None
-    pairs_per_step: int = 512  # at most this many (user, positive, negative) triples drawn in a chunk
+    # at most this many (user, positive, negative) triples drawn in a chunk; joint takes them all, so that its
+    # epoch is stage 1's: every training interaction once
+    pairs_per_step: int = 512
     lr: float = 1e-3  # adapters
     warmup_steps: int = 0  # the learning rates rise linearly over these first steps
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 at the last of epochs × steps

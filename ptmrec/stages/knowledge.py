@@ -74,6 +74,9 @@ def effective_settings(cfg: Config) -> dict:
         "epochs": cfg.stage1.epochs if mode == "joint" else cfg.stage2.epochs,
         "patience": cfg.stage1.patience if mode == "joint" else cfg.stage2.patience,
         "eval_every": cfg.stage1.eval_every if mode == "joint" else cfg.stage2.eval_every,
+        # and stage 1's epoch: every training interaction once (None: no cap on a chunk's triples). The cap that
+        # bounds a KT step would leave a joint epoch a fraction of stage 1's on dense data (ML-100K: a fifth).
+        "pairs_per_step": None if mode == "joint" else cfg.stage2.pairs_per_step,
     }
 
 
@@ -120,7 +123,7 @@ def run_knowledge_stage(cfg: Config, progress: bool = True, callbacks: Optional[
              settings["eval_every"], sc.lr_schedule, sc.warmup_steps, sc.zero_stage)
     identity = {"mode": sc.mode, "data": cfg.data.uri, "seed": cfg.run.seed, "encoder": asdict(cfg.encoder),
                 "recommender": asdict(cfg.recommender), "adapter": asdict(sc.adapter), "kt": asdict(sc.kt),
-                "ds_config": ds_config, "items_per_step": sc.items_per_step, "pairs": sc.pairs_per_step,
+                "ds_config": ds_config, "items_per_step": sc.items_per_step, "pairs": settings["pairs_per_step"],
                 "schedule": [sc.warmup_steps, sc.lr_schedule, settings["epochs"]],
                 "stage1": read_metrics(storage, stage1_uri)["wall_s"], "layer_cache": cache and cache.uri}
     out = stage_dir(sc.mode, sc.output)
@@ -166,7 +169,7 @@ def knowledge_worker(config: dict) -> None:
     index = ItemUserIndex(inter.train_users, inter.train_items, inter.num_items)
     cache = config["layer_cache"]  # a LayerCache: steps and re-encodes read the frozen layers' states from it
     epoch_run = EpochRun(cfg, storage, engine, student, index, rank, world_size, device, tracker, config["steps"],
-                         cache)
+                         settings["pairs_per_step"], cache)
     if not state.history:
         best = _evaluate_start(cfg, inter, student, frozen, state, rank, world_size, device, cache)
     for epoch in range(state.epoch, settings["epochs"]):
@@ -270,7 +273,7 @@ def stage2_engine(student: Student, cfg: Config, settings: dict, ds_config: dict
     return initialize_engine(student, groups, ds_config, device, lr_multiplier=schedule)
 
 
-def train_step(engine, batch: ItemBatch, index: ItemUserIndex, pairs_per_step: int, rng: np.random.Generator,
+def train_step(engine, batch: ItemBatch, index: ItemUserIndex, pairs_per_step: Optional[int], rng: np.random.Generator,
                device: torch.device, kt_users: int = 0) -> dict[str, torch.Tensor]:
     """One stage-2 step on a chunk of items: its BPR triples (and `kt_users` extra KT rows) drawn on the host,
     the batch copied to the device without blocking, forward (the loss), backward, optimizer step. Returns
@@ -291,9 +294,10 @@ class EpochRun:
     processes), the steps, and per-step logs every `stage2.log_every` steps."""
 
     def __init__(self, cfg: Config, storage: Storage, engine, student: Student, index: ItemUserIndex, rank: int,
-                 world_size: int, device: torch.device, tracker: Tracker, steps: int, cache=None):
+                 world_size: int, device: torch.device, tracker: Tracker, steps: int,
+                 pairs_per_step: Optional[int], cache=None):
         self.cfg, self.storage, self.engine, self.student, self.index = cfg, storage, engine, student, index
-        self.cache = cache
+        self.pairs_per_step, self.cache = pairs_per_step, cache
         self.rank, self.world_size, self.device, self.tracker, self.steps = rank, world_size, device, tracker, steps
         self.items_per_epoch = steps * cfg.stage2.items_per_step * world_size
         self.global_step, self.train_s, self.items_seen = 0, 0.0, 0
@@ -321,7 +325,7 @@ class EpochRun:
         # zip stops at `steps`: all of the epoch's chunks, or the first `stage2.steps_per_epoch` of them
         for _, batch in zip(range(self.steps), item_stream(cfg, self.storage, self.student.encoder, epoch, self.rank,
                                                            self.world_size, self.device, self.cache)):
-            parts = train_step(self.engine, batch, self.index, sc.pairs_per_step, rng, self.device,
+            parts = train_step(self.engine, batch, self.index, self.pairs_per_step, rng, self.device,
                                sc.kt.sampled_users if sc.kt.variant == "user_item" else 0)
             for k, v in parts.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()

@@ -54,9 +54,9 @@ class ItemUserIndex:
         self.num_items = num_items
         self.all_users = np.unique(train_users).astype(np.int64)
 
-    def sample(self, chunk: np.ndarray, max_pairs: int, rng: np.random.Generator,
+    def sample(self, chunk: np.ndarray, max_pairs: Optional[int], rng: np.random.Generator,
                kt_users: int = 0) -> Optional[ChunkPairs]:
-        """Up to `max_pairs` (user, positive in chunk, negative in chunk) triples, and `kt_users` more users drawn
+        """Up to `max_pairs` (None: all) (user, positive in chunk, negative in chunk) triples, and `kt_users` more users drawn
         uniformly from all training users (without the triples' users) for the KT rows; None if no item of
         the chunk has users."""
         starts, ends = self.indptr[chunk], self.indptr[chunk + 1]
@@ -65,7 +65,7 @@ class ItemUserIndex:
             return None
         positions = np.repeat(np.arange(len(chunk)), counts)
         users = np.concatenate([self.users_by_item[s:e] for s, e in zip(starts, ends)])
-        if len(users) > max_pairs:
+        if max_pairs is not None and len(users) > max_pairs:
             pick = rng.choice(len(users), size=max_pairs, replace=False)
             users, positions = users[pick], positions[pick]
         # A negative is another chunk item the user has not interacted with; a few redraws suffice, and the

@@ -12,12 +12,13 @@ def test_joint_trains_at_stage_1s_budget_from_a_fresh_recommender(repo):
     joint = effective_settings(cfg)
     assert (joint["epochs"], joint["patience"], joint["kt_weight"], joint["from_stage1"]) == (40, 7, 0.0, False)
     assert joint["recommender_lr"] == cfg.stage1.lr
+    assert joint["pairs_per_step"] is None  # every training interaction once an epoch, as in stage 1
     cfg.stage1.eval_every, cfg.stage2.eval_every = 5, 2
     assert effective_settings(cfg)["eval_every"] == 5  # joint evaluates on stage 1's cadence too
     cfg.stage2.mode = "ptmrec"
     two_stage = effective_settings(cfg)
     assert (two_stage["epochs"], two_stage["patience"], two_stage["from_stage1"]) == (3, 1, True)
-    assert two_stage["eval_every"] == 2
+    assert two_stage["eval_every"] == 2 and two_stage["pairs_per_step"] == cfg.stage2.pairs_per_step
     assert two_stage["kt_weight"] == cfg.stage2.kt.weight and two_stage["adapter"] == cfg.stage2.adapter.name
 
 

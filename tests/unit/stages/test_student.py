@@ -33,6 +33,8 @@ def test_chunk_pairs_are_capped_and_empty_chunks_give_none():
     unused = np.setdiff1d(np.arange(num_items + 5), train_items)
     lonely = ItemUserIndex(train_users, train_items, num_items + 5)
     assert lonely.sample(unused[-2:], max_pairs=16, rng=np.random.default_rng(0)) is None
+    every = index.sample(np.arange(20), max_pairs=None, rng=np.random.default_rng(0))  # joint: no cap
+    assert len(every.users) == int(np.isin(train_items, np.arange(20)).sum()) > 16
 
 
 def test_chunk_pairs_carry_their_distinct_users_found_on_the_host():
