@@ -56,9 +56,9 @@ class ItemUserIndex:
 
     def sample(self, chunk: np.ndarray, max_pairs: Optional[int], rng: np.random.Generator,
                kt_users: int = 0) -> Optional[ChunkPairs]:
-        """Up to `max_pairs` (None: all) (user, positive in chunk, negative in chunk) triples, and `kt_users` more users drawn
-        uniformly from all training users (without the triples' users) for the KT rows; None if no item of
-        the chunk has users."""
+        """Up to `max_pairs` (None: all) (user, positive in chunk, negative in chunk) triples, and `kt_users` more
+        users drawn uniformly from all training users (without the triples' users) for the KT rows; None if no
+        item of the chunk has users."""
         starts, ends = self.indptr[chunk], self.indptr[chunk + 1]
         counts = ends - starts
         if counts.sum() == 0 or len(chunk) < 2:
