@@ -206,6 +206,9 @@ _NOT_RESULTS = {"stage1": ("num_workers", "zero_stage"), "stage2": ("num_workers
 # Settings added after runs were made, left out of the fingerprint at the value that reproduces the behaviour
 # before them, so that those runs still count as finished with the same settings.
 _LATER_DEFAULTS = {"eval": {"selection": "valid"}, "stage2": {"eval_every": 1}}
+# Changes of what a setting trains, with no key of their own: a run finished before one must not count as
+# finished after it. joint's epoch took pairs_per_step triples a chunk until 54cacf8, every interaction since.
+_BEHAVIOUR_CHANGES = {("stage2", "joint"): {"joint_epoch": "every training interaction"}}
 
 
 def settings_fingerprint(cfg: Config, stage: str) -> str:
@@ -222,6 +225,7 @@ def settings_fingerprint(cfg: Config, stage: str) -> str:
         if section in picked:
             picked[section] = {k: v for k, v in picked[section].items() if defaults.get(k, object()) != v}
     picked["recommender"] = _model_defaults_unset(picked["recommender"])
+    picked.update(_BEHAVIOUR_CHANGES.get((stage, cfg.stage2.mode), {}))
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -39,6 +39,16 @@ def test_a_setting_added_later_leaves_the_fingerprint_alone_at_its_old_behaviour
     assert settings_fingerprint(sparse, "stage2") != settings_fingerprint(cfg, "stage2")
 
 
+def test_a_joint_run_from_before_its_epoch_took_every_interaction_is_not_taken_as_finished(repo):
+    from ptmrec.stages.common import settings_fingerprint
+
+    joint = load_config(repo / "configs/smoke.yaml", ["data.uri=file:///srv/ptmrec/data/synthetic", "stage2.mode=joint"])
+    # joint's stage-2 fingerprint when its epoch took pairs_per_step triples a chunk (computed at cef60d6)
+    assert settings_fingerprint(joint, "stage2") != "c4a808c52e4dc379"
+    # stage 1, and the other modes' stage 2 (the golden values above), keep theirs
+    assert settings_fingerprint(joint, "stage1") == "0dd01475a32622b0"
+
+
 def test_a_hyperparameter_set_to_the_models_default_fingerprints_as_left_out(repo):
     from ptmrec.stages.common import settings_fingerprint
 
