@@ -79,7 +79,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--modes", nargs="*", default=["ptmrec", "no_kt", "joint"],
                    choices=["ptmrec", "no_kt", "joint", "full_finetune"],
                    help="stage-2 modes to run; `--modes` with none trains stage 1 only (a frozen baseline over "
-                        "--seeds, e.g. for another recommender.reg_weight); stage-2 runs already finished under the "
+                        "--seeds, e.g. for another recommender.reg_weight or an ID-only model); stage-2 runs already finished under the "
                         "run URI are reported either way")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
@@ -243,7 +243,8 @@ def cmd_compare(args) -> int:
     from ptmrec.stages.report import collect, seeds_report
     from ptmrec.stages.features import features_root
 
-    base = checked_config(args, stage2=True)  # fail on a bad config before any work
+    # fail on a bad config before any work; with no stage-2 mode an ID-only model (bpr, lightgcn) is a fine baseline
+    base = checked_config(args, stage2=bool(args.modes))
     if base.stage2.output:
         # The report and the seed table find each mode in its own folder; one named folder would hold the
         # modes in turn and a finished stage2/ would be taken for this setting's result.

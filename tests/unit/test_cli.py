@@ -53,3 +53,19 @@ def test_compare_with_no_modes_trains_stage1_only(monkeypatch, tmp_path, repo):
     code = main(["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
                  "--seeds", "1", "2", "--modes"])
     assert code == 0 and ran == [1, 2]
+
+
+def test_compare_takes_an_id_only_model_for_stage1_only_and_refuses_it_with_a_mode(monkeypatch, capsys, tmp_path,
+                                                                                  repo):
+    # an IDs-only baseline over seeds (`--modes` alone) is a stage-1 run; stage 2 needs a content model
+    import ptmrec.stages.recommendation as recommendation
+
+    ran = []
+    monkeypatch.setattr(recommendation, "run_recommendation_stage", lambda cfg, progress: ran.append(cfg.run.seed))
+    monkeypatch.setattr("ptmrec.stages.report.write_report", lambda *a, **k: "report")
+    monkeypatch.setattr("ptmrec.stages.report.collect", lambda storage, uri: [])
+    args = ["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
+            "--set", "recommender.name=bpr", "--seeds", "1", "--modes"]
+    assert main(args) == 0 and ran == [1]
+    assert main([*args, "ptmrec"]) == 2 and ran == [1]
+    assert "bpr is ID-only" in capsys.readouterr().err
