@@ -79,8 +79,8 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--modes", nargs="*", default=["ptmrec", "no_kt", "joint"],
                    choices=["ptmrec", "no_kt", "joint", "full_finetune"],
                    help="stage-2 modes to run; `--modes` with none trains stage 1 only (a frozen baseline over "
-                        "--seeds, e.g. for another recommender.reg_weight or an ID-only model); stage-2 runs already finished under the "
-                        "run URI are reported either way")
+                        "--seeds, e.g. for another recommender.reg_weight or an ID-only model); stage-2 runs already "
+                        "finished under the run URI are reported either way")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run the comparison once per seed (run.seed=SEED, run name and URI suffixed -seedSEED) "
                         "and print one table of mean ± std over the seeds with paired deltas against each seed's "

@@ -1,3 +1,5 @@
+import pytest
+
 from ptmrec.cli import main
 
 
@@ -40,8 +42,9 @@ def test_compare_reuses_only_stages_finished_with_the_same_settings(monkeypatch,
     assert ran == []  # the 1-epoch stage 2 is this config's
 
 
-def test_compare_with_no_modes_trains_stage1_only(monkeypatch, tmp_path, repo):
-    # `--modes` alone: the frozen baseline over the seeds, no stage 2 started
+@pytest.fixture
+def ran_stages(monkeypatch):
+    """The stages compare starts, recorded instead of trained: stage 1 as its seed, stage 2 as its mode."""
     import ptmrec.stages.knowledge as knowledge
     import ptmrec.stages.recommendation as recommendation
 
@@ -50,20 +53,21 @@ def test_compare_with_no_modes_trains_stage1_only(monkeypatch, tmp_path, repo):
     monkeypatch.setattr(knowledge, "run_knowledge_stage", lambda cfg, progress: ran.append(cfg.stage2.mode))
     monkeypatch.setattr("ptmrec.stages.report.write_report", lambda *a, **k: "report")
     monkeypatch.setattr("ptmrec.stages.report.collect", lambda storage, uri: [])
+    return ran
+
+
+def test_compare_with_no_modes_trains_stage1_only(ran_stages, tmp_path, repo):
+    # `--modes` alone: the frozen baseline over the seeds, no stage 2 started
+    ran = ran_stages
     code = main(["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
                  "--seeds", "1", "2", "--modes"])
     assert code == 0 and ran == [1, 2]
 
 
-def test_compare_takes_an_id_only_model_for_stage1_only_and_refuses_it_with_a_mode(monkeypatch, capsys, tmp_path,
+def test_compare_takes_an_id_only_model_for_stage1_only_and_refuses_it_with_a_mode(ran_stages, capsys, tmp_path,
                                                                                   repo):
     # an IDs-only baseline over seeds (`--modes` alone) is a stage-1 run; stage 2 needs a content model
-    import ptmrec.stages.recommendation as recommendation
-
-    ran = []
-    monkeypatch.setattr(recommendation, "run_recommendation_stage", lambda cfg, progress: ran.append(cfg.run.seed))
-    monkeypatch.setattr("ptmrec.stages.report.write_report", lambda *a, **k: "report")
-    monkeypatch.setattr("ptmrec.stages.report.collect", lambda storage, uri: [])
+    ran = ran_stages
     args = ["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
             "--set", "recommender.name=bpr", "--seeds", "1", "--modes"]
     assert main(args) == 0 and ran == [1]
