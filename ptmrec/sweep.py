@@ -287,19 +287,28 @@ SELECTED_ON_TEST = ("selected by the TEST metric (MMRec's table protocol, test-s
 
 
 def sweep_csv(summary: dict) -> str:
-    """One row per trial: id, each swept key, the valid and test metrics, the best epoch, the pick."""
+    """One row per trial: id, each swept key, the valid (and choosing half's) and test metrics, the best epoch, the
+    pick."""
     keys = sorted({k for t in summary["trials"] for k in t["params"]})
     metrics = sorted({m for t in summary["trials"] for m in t["valid"]})
+    splits = _shown_splits(summary)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["trial", *keys, *(f"valid/{m}" for m in metrics), *(f"test/{m}" for m in metrics),
+    writer.writerow(["trial", *keys, *(f"{split}/{m}" for split in splits for m in metrics),
                      "best_epoch", f"selected_by_{summary['select']}"])
     for t in summary["trials"]:
         writer.writerow([t["trial"], *(_csv_value(t["params"].get(k)) for k in keys),
-                         *(t["valid"].get(m, "") for m in metrics), *(t["test"].get(m, "") for m in metrics),
+                         *(t.get(split, {}).get(m, "") for split in splits for m in metrics),
                          t["best_epoch"] if t["best_epoch"] is not None else "",
                          int(t["trial"] == summary["best"]["trial"])])
     return out.getvalue()
+
+
+def _shown_splits(summary: dict) -> list[str]:
+    """valid, the half of valid that chose each trial's epoch and ranked the trials (under eval.selection:
+    valid_halves), test: the pick is read off the column it was made on."""
+    chosen = summary["metric"].split("/", 1)[0]
+    return ["valid", *([chosen] if chosen != "valid" else []), "test"]
 
 
 def _csv_value(value: Any) -> str:
@@ -308,14 +317,15 @@ def _csv_value(value: Any) -> str:
 
 
 def sweep_plot(summary: dict, title: str) -> bytes:
-    """Valid against test metric per finished trial, the pick circled; with one numeric swept key, also both
-    metrics against its values (log scale when they span decades). PNG bytes."""
+    """Valid (the half that ranked the trials, under valid_halves) against test metric per finished trial, the pick
+    circled; with one numeric swept key, also the metrics against its values (log scale when they span decades).
+    PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = summary["metric"].split("/", 1)[1]
+    chosen, key = summary["metric"].split("/", 1)  # chosen: valid, or the half of it that ranked the trials
     done = [t for t in summary["trials"] if t["valid"]]
     swept = sorted({k for t in done for k in t["params"]})
     numeric = len(swept) == 1 and all(isinstance(t["params"][swept[0]], (int, float)) for t in done)
@@ -326,22 +336,22 @@ def sweep_plot(summary: dict, title: str) -> bytes:
         ax = axes[0][0]
         by_value = sorted(done, key=lambda t: t["params"][swept[0]])
         values = [t["params"][swept[0]] for t in by_value]
-        for split, style in (("valid", "o-"), ("test", "s--")):
+        for split, style in zip(_shown_splits(summary), ("o-", "^:", "s--") if chosen != "valid" else ("o-", "s--")):
             ax.plot(values, [t[split][key] for t in by_value], style, label=f"{split} {key}")
-        ax.plot([best["params"][swept[0]]], [best[summary["select"]][key]], "o", ms=16, mfc="none", mec="#d62728",
-                label=pick)
+        picked_on = "test" if summary["select"] == "test" else chosen
+        ax.plot([best["params"][swept[0]]], [best[picked_on][key]], "o", ms=16, mfc="none", mec="#d62728", label=pick)
         if min(values) > 0 and max(values) / min(values) >= 100:
             ax.set_xscale("log")
         ax.set_xlabel(swept[0])
         ax.set_ylabel(key)
         ax.legend(fontsize=8)
     ax = axes[0][-1]
-    ax.scatter([t["valid"][key] for t in done], [t["test"][key] for t in done], color="#3b75af")
+    ax.scatter([t[chosen][key] for t in done], [t["test"][key] for t in done], color="#3b75af")
     for t in done if not numeric else ():
-        ax.annotate(_short(t["params"]), (t["valid"][key], t["test"][key]), fontsize=7, alpha=0.8,
+        ax.annotate(_short(t["params"]), (t[chosen][key], t["test"][key]), fontsize=7, alpha=0.8,
                     textcoords="offset points", xytext=(3, 3))
-    ax.scatter([best["valid"][key]], [best["test"][key]], s=160, facecolors="none", edgecolors="#d62728", label=pick)
-    ax.set_xlabel(f"valid {key}")
+    ax.scatter([best[chosen][key]], [best["test"][key]], s=160, facecolors="none", edgecolors="#d62728", label=pick)
+    ax.set_xlabel(f"{chosen} {key}")
     ax.set_ylabel(f"test {key}")
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -359,13 +369,14 @@ def _short(params: dict) -> str:
 def format_sweep(summary: dict) -> str:
     key = summary["metric"].split("/", 1)[1]
     select = summary.get("select", "valid")
-    rows = [f"{'trial':<14}{'valid ' + key:>16}{'test ' + key:>16}  params"]
+    splits = _shown_splits(summary)
+    rows = [f"{'trial':<14}" + "".join(f"{split + ' ' + key:>18}" for split in splits) + "  params"]
     for t in summary["trials"]:
         mark = f"  <- best (by {select})" if t["trial"] == summary["best"]["trial"] else ""
-        v, te = t["valid"].get(key), t["test"].get(key)
-        state = f"{v:.4f}" if v is not None else "stopped" if "stopped" in t else "failed"
-        rows.append(f"{str(t['trial']):<14}{state:>16}"
-                    f"{(f'{te:.4f}' if te is not None else '-'):>16}  {json.dumps(t['params'])}{mark}")
+        values = [t.get(split, {}).get(key) for split in splits]
+        state = "stopped" if "stopped" in t else "failed"
+        cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]
+        rows.append(f"{str(t['trial']):<14}" + "".join(f"{c:>18}" for c in cells) + f"  {json.dumps(t['params'])}{mark}")
     if select == "test":
         rows.append(f"NOTE: {SELECTED_ON_TEST}")
     return "\n".join(rows)
