@@ -336,7 +336,8 @@ def sweep_plot(summary: dict, title: str) -> bytes:
         ax = axes[0][0]
         by_value = sorted(done, key=lambda t: t["params"][swept[0]])
         values = [t["params"][swept[0]] for t in by_value]
-        for split, style in zip(_shown_splits(summary), ("o-", "^:", "s--") if chosen != "valid" else ("o-", "s--")):
+        for split in _shown_splits(summary):
+            style = {"valid": "o-", "test": "s--"}.get(split, "^:")  # ^: the half that ranked the trials
             ax.plot(values, [t[split][key] for t in by_value], style, label=f"{split} {key}")
         picked_on = "test" if summary["select"] == "test" else chosen
         ax.plot([best["params"][swept[0]]], [best[picked_on][key]], "o", ms=16, mfc="none", mec="#d62728", label=pick)
