@@ -89,6 +89,11 @@ def _add_training_commands(sub) -> None:
                         "each seed's rows (chosen epoch; where stage 2 kept its start, its best adapted epoch too); "
                         "also written to <run.uri>-seeds.md. The seeds "
                         "share the base run's frozen features and layer caches (run.features_uri)")
+    p.add_argument("--against", metavar="RUN_URI", default=None,
+                   help="with --seeds: the run.uri of another finished `compare --seeds` over the same seeds and from "
+                        "the same stage 1 (e.g. another stage-2 setting, kept apart under its own run.uri); its "
+                        "stage-2 runs join both tables as '<mode> (...) @ <its name>' and ptmrec here is paired "
+                        "against them by seed. Nothing of it is trained")
 
     p = sub.add_parser("sweep", help="Ray Tune search over adapters, KT and the stage schedule (ASHA on valid), "
                        "or a grid of stage-1 runs (sweep.stage: stage1)",
@@ -242,6 +247,7 @@ def cmd_stage2(args) -> int:
 def cmd_compare(args) -> int:
     from ptmrec.stages.report import collect, seeds_report
     from ptmrec.stages.features import features_root
+    from ptmrec.uris import absolute_uri
 
     # fail on a bad config before any work; with no stage-2 mode an ID-only model (bpr, lightgcn) is a fine baseline
     base = checked_config(args, stage2=bool(args.modes))
@@ -250,6 +256,10 @@ def cmd_compare(args) -> int:
         # modes in turn and a finished stage2/ would be taken for this setting's result.
         raise ConfigError(f"{args.config}: stage2.output: compare writes each mode to stage2/ or "
                           f"stage2-<mode>/; leave it null (use another run.uri to keep a second setting apart)")
+    if args.against and not args.seeds:
+        raise ConfigError("--against pairs runs by seed: give --seeds too")
+    against = absolute_uri(args.against).rstrip("/") if args.against else None
+    other = _against_runs(base, against, args.seeds) if against else None  # a wrong URI fails before any work
     if not args.seeds:
         print(_compare_one(base, args.modes, quiet=args.quiet))
         return 0
@@ -261,10 +271,33 @@ def cmd_compare(args) -> int:
         print(f"== seed {seed}: {cfg.run.uri}", flush=True)
         _compare_one(cfg, args.modes, quiet=args.quiet)
         per_seed[seed] = collect(_storage(cfg), cfg.run.uri)
+    if other is not None:
+        per_seed = _joined(against, per_seed, other)
     text = seeds_report(base.run.name, per_seed, base.eval.ks, base.eval.metric)
     _storage(base).write_text(f"{base.run.uri}-seeds.md", text)
     print(text)
     return 0
+
+
+def _against_runs(base, against: str, seeds: list[int]) -> dict:
+    """seed -> the finished runs of the compare at `against` (its stage 1 first)."""
+    from ptmrec.stages.report import collect
+
+    other = {seed: collect(_storage(base), f"{against}-seed{seed}") for seed in seeds}
+    missing = [seed for seed, rows in other.items() if not rows or rows[0]["stage"] != "stage1"]
+    if missing:
+        raise ConfigError(f"--against {against}: no finished stage 1 under -seed{missing[0]}; expected the run.uri of a "
+                          f"finished `compare --seeds` over seeds {' '.join(map(str, seeds))}")
+    return other
+
+
+def _joined(against: str, per_seed: dict, other: dict) -> dict:
+    from ptmrec.stages.report import with_other_runs
+
+    try:
+        return with_other_runs(per_seed, other, against.rsplit("/", 1)[-1])
+    except ValueError as e:
+        raise ConfigError(f"--against {against}: {e}") from None
 
 
 def _storage(cfg):

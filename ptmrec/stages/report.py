@@ -22,6 +22,8 @@ STAGE_DIRS = ("stage1", "stage2-joint", "stage2-no_kt", "stage2", "stage2-full_f
 
 
 def label(m: dict) -> str:
+    if "shown_as" in m:  # a run of another compare, joined by with_other_runs
+        return m["shown_as"]
     if m["stage"] == "stage1":
         return f"frozen ({m['model']})"
     return f"{m.get('mode', 'ptmrec')} ({m['model']}, {m['adapter']})"
@@ -36,6 +38,22 @@ def collect(storage: Storage, run_uri: str) -> list[dict]:
         except StorageError:
             continue
     return out
+
+
+def with_other_runs(per_seed: dict[int, list[dict]], other: dict[int, list[dict]], name: str) -> dict[int, list[dict]]:
+    """`per_seed` with the stage-2 runs of another compare over the same seeds added, shown as "<label> @ name"
+    (e.g. another stage-2 setting), so that the tables pair them by seed. Raises ValueError unless each seed of
+    both started from a stage 1 trained with the same settings: otherwise a paired delta would mix in the start."""
+    joined = {}
+    for seed, rows in per_seed.items():
+        theirs = other.get(seed) or []
+        if not theirs or theirs[0]["stage"] != "stage1":
+            raise ValueError(f"{name}-seed{seed}: no finished stage 1 to pair with")
+        if rows and rows[0]["stage"] == "stage1" and rows[0].get("settings") != theirs[0].get("settings"):
+            raise ValueError(f"{name}-seed{seed}: stage 1 was trained with other settings than this run's; "
+                             f"pairing stage-2 runs by seed needs the same frozen start")
+        joined[seed] = rows + [{**m, "shown_as": f"{label(m)} @ {name}"} for m in theirs[1:]]
+    return joined
 
 
 def table(rows: list[dict], ks: list[int], split: str = "test") -> str:
@@ -223,12 +241,12 @@ def seed_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "re
 
 def mode_table(per_seed: dict[int, list[dict]], ks: list[int], metric: str = "recall@20") -> str:
     """`ptmrec` against each other stage-2 mode of the same seeds (no_kt isolates the knowledge transfer,
-    joint the two-stage schedule): paired changes on test recall and on valid `metric`. Empty when the runs
-    hold `ptmrec` and no other mode."""
+    joint the two-stage schedule) and each run joined by `with_other_runs`: paired changes on test recall and
+    on valid `metric`. Empty when the runs hold `ptmrec` and nothing else of stage 2."""
     stage2 = {name: _runs_of(per_seed, name) for name in _labels(per_seed)}
     stage2 = {name: runs for name, runs in stage2.items() if next(iter(runs.values()))["stage"] != "stage1"}
-    ours = next((name for name, runs in stage2.items()
-                 if next(iter(runs.values())).get("mode", "ptmrec") == "ptmrec"), None)
+    ours = next((name for name, runs in stage2.items() if next(iter(runs.values())).get("mode", "ptmrec") == "ptmrec"
+                 and "shown_as" not in next(iter(runs.values()))), None)
     if ours is None or len(stage2) < 2:
         return ""
     cols = [c for c in _metric_cols(ks) if c.startswith("recall")]

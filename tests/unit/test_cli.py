@@ -73,3 +73,13 @@ def test_compare_takes_an_id_only_model_for_stage1_only_and_refuses_it_with_a_mo
     assert main(args) == 0 and ran == [1]
     assert main([*args, "ptmrec"]) == 2 and ran == [1]
     assert "bpr is ID-only" in capsys.readouterr().err
+
+
+def test_compare_against_a_run_that_is_not_there_fails_in_one_line_before_any_work(ran_stages, capsys, tmp_path,
+                                                                                    repo):
+    args = ["-q", "compare", "--config", str(repo / "configs/smoke.yaml"), "--set", f"run.uri=file://{tmp_path}/run",
+            "--against", f"file://{tmp_path}/nothing"]
+    assert main([*args, "--seeds", "1", "2"]) == 2 and ran_stages == []
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing" in err and "no finished stage 1 under -seed1" in err
+    assert main(args) == 2 and "give --seeds too" in capsys.readouterr().err

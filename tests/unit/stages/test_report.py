@@ -96,3 +96,27 @@ def test_mode_table_pairs_ptmrec_with_each_other_mode_by_seed():
     assert "higher on 3 of 3" in seeds_report("toy", per_seed, [10, 20])
     assert "against each other" in seeds_report("toy", per_seed, [10, 20])
     assert mode_table({s: rows[:2] for s, rows in per_seed.items()}, ks=[10, 20]) == ""  # ptmrec alone
+
+
+def test_runs_of_another_compare_join_the_tables_paired_by_seed_from_the_same_start():
+    from ptmrec.stages.report import mode_table, seed_table, with_other_runs
+
+    def start(r10, settings="abc"):
+        return {**_metrics("stage1", r10, 0.20, 0.21), "settings": settings}
+
+    ours = {1: [start(0.10), _metrics("stage2", 0.12, 0.22, 0.24, "ptmrec")],
+            2: [start(0.20), _metrics("stage2", 0.22, 0.30, 0.32, "ptmrec")]}
+    other = {1: [start(0.10), _metrics("stage2", 0.10, 0.21, 0.22, "ptmrec")],
+             2: [start(0.20), _metrics("stage2", 0.20, 0.31, 0.33, "ptmrec")]}
+    joined = with_other_runs(ours, other, "hm-halves")
+    assert [len(rows) for rows in joined.values()] == [3, 3] and [len(rows) for rows in ours.values()] == [2, 2]
+    rows = {line.split(" | ")[0].strip("| ") for line in seed_table(joined, ks=[10, 20]).splitlines()[2:]}
+    assert rows == {"frozen (vbpr)", "ptmrec (vbpr, prompt)", "ptmrec (vbpr, prompt) @ hm-halves"}
+    head, _, row = mode_table(joined, ks=[10, 20]).splitlines()
+    assert head.startswith("| ptmrec (vbpr, prompt) against |")  # this run's ptmrec, not the joined one
+    assert row.startswith("| ptmrec (vbpr, prompt) @ hm-halves | 1,2 | +15.0 ± +7.1 %")  # +20 % and +10 % on R@10
+    other[2][0] = start(0.20, settings="other")  # seed 2's stage 1 trained otherwise: not the same start
+    with pytest.raises(ValueError, match="hm-halves-seed2: stage 1 was trained with other settings"):
+        with_other_runs(ours, other, "hm-halves")
+    with pytest.raises(ValueError, match="hm-halves-seed1: no finished stage 1"):
+        with_other_runs(ours, {2: other[2]}, "hm-halves")
