@@ -281,23 +281,26 @@ def cmd_compare(args) -> int:
 
 def _against_runs(base, against: str, seeds: list[int]) -> dict:
     """seed -> the finished runs of the compare at `against` (its stage 1 first)."""
-    from ptmrec.stages.report import collect
+    from ptmrec.stages.report import collect, other_starts
 
     other = {seed: collect(_storage(base), f"{against}-seed{seed}") for seed in seeds}
-    missing = [seed for seed, rows in other.items() if not rows or rows[0]["stage"] != "stage1"]
-    if missing:
-        raise ConfigError(f"--against {against}: no finished stage 1 under -seed{missing[0]}; expected the run.uri of a "
-                          f"finished `compare --seeds` over seeds {' '.join(map(str, seeds))}")
+    _against_checked(against, other_starts, other, seeds, against.rsplit("/", 1)[-1])
     return other
 
 
 def _joined(against: str, per_seed: dict, other: dict) -> dict:
     from ptmrec.stages.report import with_other_runs
 
+    return _against_checked(against, with_other_runs, per_seed, other, against.rsplit("/", 1)[-1])
+
+
+def _against_checked(against: str, check, *args):
+    """`check(*args)`, its ValueError (a run missing or from another start) as one line naming --against."""
     try:
-        return with_other_runs(per_seed, other, against.rsplit("/", 1)[-1])
+        return check(*args)
     except ValueError as e:
-        raise ConfigError(f"--against {against}: {e}") from None
+        raise ConfigError(f"--against {against}: {e}; expected the run.uri of a finished `compare --seeds` over "
+                          f"the same seeds and stage 1") from None
 
 
 def _storage(cfg):

@@ -44,16 +44,23 @@ def with_other_runs(per_seed: dict[int, list[dict]], other: dict[int, list[dict]
     """`per_seed` with the stage-2 runs of another compare over the same seeds added, shown as "<label> @ name"
     (e.g. another stage-2 setting), so that the tables pair them by seed. Raises ValueError unless each seed of
     both started from a stage 1 trained with the same settings: otherwise a paired delta would mix in the start."""
+    starts = other_starts(other, list(per_seed), name)
     joined = {}
     for seed, rows in per_seed.items():
-        theirs = other.get(seed) or []
-        if not theirs or theirs[0]["stage"] != "stage1":
-            raise ValueError(f"{name}-seed{seed}: no finished stage 1 to pair with")
-        if rows and rows[0]["stage"] == "stage1" and rows[0].get("settings") != theirs[0].get("settings"):
+        if rows and rows[0]["stage"] == "stage1" and rows[0].get("settings") != starts[seed].get("settings"):
             raise ValueError(f"{name}-seed{seed}: stage 1 was trained with other settings than this run's; "
                              f"pairing stage-2 runs by seed needs the same frozen start")
-        joined[seed] = rows + [{**m, "shown_as": f"{label(m)} @ {name}"} for m in theirs[1:]]
+        joined[seed] = rows + [{**m, "shown_as": f"{label(m)} @ {name}"} for m in other[seed][1:]]
     return joined
+
+
+def other_starts(other: dict[int, list[dict]], seeds: list[int], name: str) -> dict[int, dict]:
+    """seed -> the stage 1 of another compare's run of that seed; ValueError naming the first seed without one
+    (`compare --against` calls it before any training, so a wrong URI fails at once)."""
+    missing = [seed for seed in seeds if not other.get(seed) or other[seed][0]["stage"] != "stage1"]
+    if missing:
+        raise ValueError(f"{name}-seed{missing[0]}: no finished stage 1 to pair with")
+    return {seed: other[seed][0] for seed in seeds}
 
 
 def table(rows: list[dict], ks: list[int], split: str = "test") -> str:

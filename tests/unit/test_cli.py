@@ -81,5 +81,5 @@ def test_compare_against_a_run_that_is_not_there_fails_in_one_line_before_any_wo
             "--against", f"file://{tmp_path}/nothing"]
     assert main([*args, "--seeds", "1", "2"]) == 2 and ran_stages == []
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "nothing" in err and "no finished stage 1 under -seed1" in err
+    assert len(err.splitlines()) == 1 and "nothing" in err and "nothing-seed1: no finished stage 1" in err
     assert main(args) == 2 and "give --seeds too" in capsys.readouterr().err
