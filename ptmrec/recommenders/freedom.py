@@ -18,6 +18,7 @@ only through the item-item graph, and the loss through the modality BPR terms:
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
@@ -32,11 +33,11 @@ from ptmrec.recommenders.base import (
     new_item_features,
 )
 from ptmrec.recommenders.graphs import (
+    Graph,
     bipartite_edge_weights,
     item_knn_graph,
     knn_neighbours,
     normalized_adjacency,
-    sparse_mm,
     symmetric_adjacency,
     unique_pairs,
 )
@@ -117,16 +118,16 @@ class FREEDOM(Recommender):
             self.register_buffer(f"feat_{m}", f, persistent=False)  # the item-item graph's reference features
             self.register_buffer(f"knn_{m}", knn_neighbours(f, f, self.knn_k), persistent=False)
         mm_adj = item_knn_graph({m: getattr(self, f"knn_{m}") for m in self.modalities}, self.mix, num_items)
-        self.register_buffer("mm_adj", mm_adj, persistent=False)
+        self.mm_adj = Graph(mm_adj, symmetric=False)  # an item's k nearest need not have it among theirs
 
         users, items = unique_pairs(*train_interactions, num_users, num_items)
         users, items = torch.from_numpy(users), torch.from_numpy(items)
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
         self.register_buffer("edge_values", bipartite_edge_weights(users, items, num_users, num_items), persistent=False)
-        self.register_buffer("norm_adj", normalized_adjacency(users.numpy(), items.numpy(), num_users, num_items),
-                             persistent=False)
-        self.register_buffer("masked_adj", self.norm_adj, persistent=False)
+        adj = normalized_adjacency(users.numpy(), items.numpy(), num_users, num_items)
+        self.norm_adj = Graph(adj, symmetric=True)
+        self.masked_adj = self.norm_adj
         # MMRec leaves the pruned graph empty until the first epoch; drawing one now lets loss() run at once.
         self.pre_epoch()
 
@@ -137,9 +138,10 @@ class FREEDOM(Recommender):
         if other.modalities != self.modalities or other.knn_k != self.knn_k or other.num_items != self.num_items:
             raise ValueError(f"freedom: cannot adopt the item graph of a model with modalities {other.modalities}, "
                              f"k {other.knn_k}, {other.num_items} items")
-        device = self.mm_adj.device
-        for name in [f"{prefix}_{m}" for m in self.modalities for prefix in ("feat", "knn")] + ["mm_adj"]:
+        device = self.edge_users.device
+        for name in [f"{prefix}_{m}" for m in self.modalities for prefix in ("feat", "knn")]:
             setattr(self, name, getattr(other, name).to(device))
+        self.mm_adj = copy.deepcopy(other.mm_adj).to(device)  # Module.to moves in place: leave other's as it is
 
     # -- graphs -----------------------------------------------------------------------------------------
 
@@ -154,14 +156,15 @@ class FREEDOM(Recommender):
         kept = torch.multinomial(self.edge_values, keep)
         users, items = self.edge_users[kept], self.edge_items[kept]
         values = bipartite_edge_weights(users, items, self.num_users, self.num_items)
-        self.masked_adj = symmetric_adjacency(users, items, values, self.num_users, self.num_items)
+        pruned = symmetric_adjacency(users, items, values, self.num_users, self.num_items)
+        self.masked_adj = Graph(pruned, symmetric=True)
 
-    def _user_item_propagation(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _user_item_propagation(self, adj: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN layer mean over `adj`: ([U, D], [I, D])."""
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight])
         layers = [ego]
         for _ in range(self.n_ui_layers):
-            layers.append(sparse_mm(adj, layers[-1]))
+            layers.append(adj(layers[-1]))
         final = torch.stack(layers).mean(0)
         return final[: self.num_users], final[self.num_users :]
 
@@ -169,10 +172,10 @@ class FREEDOM(Recommender):
         """Item ID embeddings propagated n_layers times over the item-item graph: [I, D]."""
         h = self.item_id_embedding.weight
         for _ in range(n_layers):
-            h = sparse_mm(self.mm_adj, h)
+            h = self.mm_adj(h)
         return h
 
-    def _propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _propagate(self, adj: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         users, items = self._user_item_propagation(adj)
         return users, items + self._item_graph_embeddings(self.n_mm_layers)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ptmrec.losses import bpr_loss, l2_reg
 from ptmrec.recommenders.base import Recommender, TrainInteractions
-from ptmrec.recommenders.graphs import normalized_adjacency, sparse_mm
+from ptmrec.recommenders.graphs import Graph, normalized_adjacency
 
 
 class LightGCN(Recommender):
@@ -42,13 +42,13 @@ class LightGCN(Recommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_users, embedding_dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_items, embedding_dim)))
         users, items = train_interactions
-        self.register_buffer("norm_adj", normalized_adjacency(users, items, num_users, num_items), persistent=False)
+        self.norm_adj = Graph(normalized_adjacency(users, items, num_users, num_items), symmetric=True)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = torch.cat([self.user_embedding, self.item_embedding])
         layers = [ego]
         for _ in range(self.n_layers):
-            layers.append(sparse_mm(self.norm_adj, layers[-1]))
+            layers.append(self.norm_adj(layers[-1]))
         final = torch.stack(layers).mean(0)
         return final[: self.num_users], final[self.num_users :]
 

@@ -31,6 +31,10 @@ def load_ds_config(path: str | Path) -> dict:
     if clash:
         raise ValueError(f"{path}: {clash[0]!r} is derived from the run config (batch_size, num_workers); "
                          "remove it from the DeepSpeed config")
+    params = cfg.get("optimizer", {}).get("params", {})
+    if params.get("fused") and not params.get("torch_adam"):  # DeepSpeed's own Adams would fail on it in every worker
+        raise ValueError(f"{path}: optimizer.params.fused is an option of torch's Adam: set torch_adam: true with it, "
+                         "or drop it")
     return cfg
 
 

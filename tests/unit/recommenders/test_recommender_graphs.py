@@ -1,8 +1,11 @@
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
-from ptmrec.recommenders.graphs import item_knn_graph, knn_neighbours, normalized_adjacency, sparse_mm, unique_pairs
+from ptmrec.recommenders.graphs import Graph, item_knn_graph, knn_neighbours, normalized_adjacency, unique_pairs
 
 
 def test_normalized_adjacency_matches_dense_formula():
@@ -42,11 +45,37 @@ def test_item_graph_rows_are_weighted_means():
     torch.testing.assert_close(graph[0], torch.tensor([0.125 + 0.375, 0.125, 0.375]))
 
 
-def test_sparse_mm_stays_float32_under_bf16():
+def test_graph_propagation_stays_float32_under_bf16():
     # CUDA has no bf16 sparse matmul: propagation must run in float32 whatever autocast or inputs say.
     adj = normalized_adjacency(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 2)
     dense = torch.randn(4, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sparse_mm(adj, dense.bfloat16())
+        out = Graph(adj, symmetric=True)(dense.bfloat16())
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.sparse.mm(adj, dense.bfloat16().float()))
+    torch.testing.assert_close(out, adj.to_dense() @ dense.bfloat16().float())
+
+
+def test_a_graph_that_is_not_symmetric_propagates_with_the_dense_products_value_and_gradient():
+    # the k-NN graph is directed: backward must multiply by its transpose, not by the graph itself
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    graph = item_knn_graph({"image": knn_neighbours(a, a, 2), "text": knn_neighbours(b, b, 3)},
+                           {"image": 0.3, "text": 0.7}, num_items=6)
+    assert not torch.equal(graph.to_dense(), graph.to_dense().T)
+    x = torch.randn(6, 5, requires_grad=True)
+    weights = torch.randn(6, 5)
+    propagate = Graph(graph, symmetric=False)
+    (propagate(x) * weights).sum().backward()
+    expected = x.detach().clone().requires_grad_()
+    (graph.to_dense() @ expected * weights).sum().backward()
+    torch.testing.assert_close(x.grad, expected.grad)
+    torch.testing.assert_close(propagate(x), graph.to_dense() @ x)
+
+
+def test_a_graph_survives_deepcopy_and_pickle_and_carries_no_state():
+    # DeepSpeed, Ray and stage 2's model copies need both; torch's sparse CSR tensors support neither
+    adj = normalized_adjacency(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 2)
+    graph = Graph(adj, symmetric=True)
+    x = torch.randn(4, 3)
+    for copied in (copy.deepcopy(graph), pickle.loads(pickle.dumps(graph))):
+        torch.testing.assert_close(copied(x), adj.to_dense() @ x)
+    assert graph.state_dict() == {}

@@ -28,6 +28,15 @@ def test_batch_keys_in_ds_config_are_refused(tmp_path):
         load_ds_config(tmp_path / "none.json")
 
 
+def test_fused_adam_is_asked_of_torch_adam_only(repo, tmp_path):
+    params = load_ds_config(repo / "ds_config.json")["optimizer"]["params"]
+    assert params["torch_adam"] and params["fused"]  # one-kernel Adam: 5-9x faster a step (benchmarks/graphs.py)
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps({"optimizer": {"type": "Adam", "params": {"fused": True}}}))
+    with pytest.raises(ValueError, match="fused is an option of torch's Adam: set torch_adam: true"):
+        load_ds_config(p)
+
+
 def test_warmup_then_constant_or_cosine():
     constant = WarmupCosine(warmup=4, total=20, cosine=False)
     assert [constant(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
