@@ -47,7 +47,7 @@ class CooGraph(nn.Module):
 
     def __init__(self, graph: Graph) -> None:
         super().__init__()
-        self.register_buffer("adj", graph._csr("", graph.shape).to_sparse_coo().coalesce(), persistent=False)
+        self.register_buffer("adj", graph.matrix().to_sparse_coo().coalesce(), persistent=False)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         return torch.sparse.mm(self.adj, dense.float())

@@ -115,16 +115,20 @@ class Graph(nn.Module):
         with _csr_in_beta_quiet():
             return torch.sparse_csr_tensor(*parts, size=shape, check_invariants=False)
 
+    def matrix(self) -> torch.Tensor:
+        """The graph as a sparse CSR tensor (sharing the buffers' memory)."""
+        return self._csr("", self.shape)
+
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """adj @ dense in float32: CUDA has no bf16 sparse matmul, and under stage 2's bf16 autocast the
         product would get bf16 inputs; graph propagation stays in float32 instead."""
-        adj = self._csr("", self.shape)
+        adj = self.matrix()
         adj_t = adj if self.symmetric else self._csr("t_", self.shape[::-1])
         with torch.autocast(dense.device.type, enabled=False):
             return _Propagate.apply(adj, adj_t, dense.float())
 
     def to_dense(self) -> torch.Tensor:
-        return self._csr("", self.shape).to_dense()
+        return self.matrix().to_dense()
 
 
 def _to_csr(adj: torch.Tensor) -> torch.Tensor:
