@@ -127,9 +127,8 @@ class FREEDOM(Recommender):
         self.register_buffer("edge_values", bipartite_edge_weights(users, items, num_users, num_items), persistent=False)
         adj = normalized_adjacency(users.numpy(), items.numpy(), num_users, num_items)
         self.norm_adj = Graph(adj, symmetric=True)
-        self.masked_adj = self.norm_adj
         # MMRec leaves the pruned graph empty until the first epoch; drawing one now lets loss() run at once.
-        self.pre_epoch()
+        self.pre_epoch()  # sets masked_adj
 
     def adopt_reference_features(self, other: "FREEDOM") -> None:
         """The item-item graph and its reference features of `other`, a FREEDOM built on the re-encoded

@@ -105,7 +105,8 @@ class Graph(nn.Module):
         self.shape = tuple(adj.shape)
         self.symmetric = symmetric
         for prefix, matrix in [("", adj)] + ([] if symmetric else [("t_", adj.t())]):
-            csr = _to_csr(matrix)
+            with _csr_in_beta_quiet():
+                csr = matrix.coalesce().to_sparse_csr()
             self.register_buffer(prefix + "crow", csr.crow_indices(), persistent=False)
             self.register_buffer(prefix + "col", csr.col_indices(), persistent=False)
             self.register_buffer(prefix + "values", csr.values(), persistent=False)
@@ -129,11 +130,6 @@ class Graph(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         return self.matrix().to_dense()
-
-
-def _to_csr(adj: torch.Tensor) -> torch.Tensor:
-    with _csr_in_beta_quiet():
-        return adj.coalesce().to_sparse_csr()
 
 
 @contextlib.contextmanager
