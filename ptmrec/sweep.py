@@ -244,14 +244,15 @@ def _trial(trial_id: str, params: dict, stage1_uri: str, storage: Storage, metri
     with other settings (the config changed since) count as missing."""
     from ptmrec.stages.common import read_metrics
 
-    trial = {"trial": trial_id, "params": params, "stage1": stage1_uri, "valid": {}, "test": {}, "best_epoch": None}
+    trial = {"trial": trial_id, "params": params, "stage1": stage1_uri, "valid": {}, "test": {}, "best_epoch": None,
+             "epochs_run": None, "wall_s": None}
     try:
         m = read_metrics(storage, metrics_uri)
         if settings is None or m.get("settings") == settings:
             # the split that chose the stage's epoch: valid, or its half under eval.selection: valid_halves
             chosen_on = m.get("selection_split", "valid")
             trial.update({"valid": m["valid"], "test": m["test"], chosen_on: m[chosen_on], "chosen_on": chosen_on,
-                          "best_epoch": m["best_epoch"]})
+                          "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run"), "wall_s": m.get("wall_s")})
             return trial
         trial["error"] = "finished with other settings"
     except StorageError:
@@ -288,18 +289,18 @@ SELECTED_ON_TEST = ("selected by the TEST metric (MMRec's table protocol, test-s
 
 def sweep_csv(summary: dict) -> str:
     """One row per trial: id, each swept key, the valid (and choosing half's) and test metrics, the best epoch, the
-    pick."""
+    epochs run and the wall time (a resumed run's own, since its resume), the pick."""
     keys = sorted({k for t in summary["trials"] for k in t["params"]})
     metrics = sorted({m for t in summary["trials"] for m in t["valid"]})
     splits = _shown_splits(summary)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["trial", *keys, *(f"{split}/{m}" for split in splits for m in metrics),
-                     "best_epoch", f"selected_by_{summary['select']}"])
+                     "best_epoch", "epochs_run", "wall_s", f"selected_by_{summary['select']}"])
     for t in summary["trials"]:
         writer.writerow([t["trial"], *(_csv_value(t["params"].get(k)) for k in keys),
                          *(t.get(split, {}).get(m, "") for split in splits for m in metrics),
-                         t["best_epoch"] if t["best_epoch"] is not None else "",
+                         *(t.get(k) if t.get(k) is not None else "" for k in ("best_epoch", "epochs_run", "wall_s")),
                          int(t["trial"] == summary["best"]["trial"])])
     return out.getvalue()
 
@@ -371,13 +372,17 @@ def format_sweep(summary: dict) -> str:
     key = summary["metric"].split("/", 1)[1]
     select = summary.get("select", "valid")
     splits = _shown_splits(summary)
-    rows = [f"{'trial':<14}" + "".join(f"{split + ' ' + key:>18}" for split in splits) + "  params"]
+    rows = [f"{'trial':<14}" + "".join(f"{split + ' ' + key:>18}" for split in splits) + f"{'best/run':>10}{'wall':>9}"
+            + "  params"]
     for t in summary["trials"]:
         mark = f"  <- best (by {select})" if t["trial"] == summary["best"]["trial"] else ""
         values = [t.get(split, {}).get(key) for split in splits]
         state = "stopped" if "stopped" in t else "failed"
         cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]
-        rows.append(f"{str(t['trial']):<14}" + "".join(f"{c:>18}" for c in cells) + f"  {json.dumps(t['params'])}{mark}")
+        epochs = f"{t['best_epoch']}/{t.get('epochs_run') or '?'}" if t.get("best_epoch") is not None else "-"
+        wall = f"{t['wall_s']:.0f} s" if t.get("wall_s") is not None else "-"
+        rows.append(f"{str(t['trial']):<14}" + "".join(f"{c:>18}" for c in cells) + f"{epochs:>10}{wall:>9}"
+                    + f"  {json.dumps(t['params'])}{mark}")
     if select == "test":
         rows.append(f"NOTE: {SELECTED_ON_TEST}")
     return "\n".join(rows)

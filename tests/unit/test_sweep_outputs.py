@@ -13,7 +13,8 @@ from ptmrec.sweep import format_sweep, sweep_csv, sweep_plot, validate_space
 
 def summary(select: str) -> dict:
     trials = [{"trial": "a", "params": {"recommender.reg_weight": 0.1, "stage2.adapter.name": "lora"},
-               "valid": {"recall@20": 0.30}, "test": {"recall@20": 0.25}, "best_epoch": 4},
+               "valid": {"recall@20": 0.30}, "test": {"recall@20": 0.25}, "best_epoch": 4, "epochs_run": 14,
+               "wall_s": 125.4},
               {"trial": "b", "params": {"recommender.reg_weight": 0.001}, "valid": {"recall@20": 0.28},
                "test": {"recall@20": 0.27}, "best_epoch": 9},
               {"trial": "c", "params": {"recommender.reg_weight": 1.0}, "valid": {}, "test": {}, "best_epoch": None,
@@ -28,6 +29,13 @@ def test_csv_has_a_row_per_trial_and_marks_the_pick():
     assert rows[0]["recommender.reg_weight"] == "0.1" and rows[1]["test/recall@20"] == "0.27"
     assert rows[0]["stage2.adapter.name"] == "lora" and rows[1]["stage2.adapter.name"] == "null"
     assert [r["selected_by_valid"] for r in rows] == ["1", "0", "0"] and rows[2]["valid/recall@20"] == ""
+    assert (rows[0]["best_epoch"], rows[0]["epochs_run"], rows[0]["wall_s"]) == ("4", "14", "125.4")
+    assert (rows[1]["epochs_run"], rows[2]["best_epoch"]) == ("", "")  # unknown, not zero
+
+
+def test_the_printed_table_shows_each_trials_epochs_and_wall_time():
+    lines = format_sweep(summary("valid")).splitlines()
+    assert "4/14" in lines[1] and "125 s" in lines[1] and "9/?" in lines[2]
 
 
 def test_a_pick_by_test_is_labelled_everywhere():
