@@ -379,7 +379,8 @@ def format_sweep(summary: dict) -> str:
         values = [t.get(split, {}).get(key) for split in splits]
         state = "stopped" if "stopped" in t else "failed"
         cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]
-        epochs = f"{t['best_epoch']}/{t.get('epochs_run') or '?'}" if t.get("best_epoch") is not None else "-"
+        run = t.get("epochs_run")
+        epochs = f"{t['best_epoch']}/{'?' if run is None else run}" if t.get("best_epoch") is not None else "-"
         wall = f"{t['wall_s']:.0f} s" if t.get("wall_s") is not None else "-"
         rows.append(f"{str(t['trial']):<14}" + "".join(f"{c:>18}" for c in cells) + f"{epochs:>10}{wall:>9}"
                     + f"  {json.dumps(t['params'])}{mark}")
