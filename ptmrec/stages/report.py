@@ -301,7 +301,8 @@ def _mean_std(values: list[float], fmt: str) -> str:
     if not values:
         return "—"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt)}"
+    # A spread has no sign: "+15.0 ± 7.1", not "± +7.1", whatever sign the mean's format shows.
+    return f"{format(statistics.mean(values), fmt)} ± {format(sd, fmt.lstrip('+'))}"
 
 
 def _paired_cell(pairs: list[tuple[float, float]]) -> str:

@@ -22,12 +22,12 @@ def test_seed_table_gives_mean_std_and_paired_deltas():
     frozen, ours = rows["frozen (vbpr)"], rows["ptmrec (vbpr, prompt)"]
     assert "| 1,2 |" in frozen and "0.1500 ± 0.0707" in frozen  # test R@10 over the two seeds
     # Paired: +10 % on seed 1 and +20 % on seed 2 (R@10), not the change of the means (+16.7 %).
-    assert "+15.0 ± +7.1 %" in ours
+    assert "+15.0 ± 7.1 %" in ours
     assert ours.count(" — ") == 0 and frozen.count("—") == 2  # the frozen rows have no delta against themselves
     # what the runs cost: the trained share of the encoder, the mean wall time, the largest peak
     assert frozen.endswith("| 0 | 150 s | 900 |") and ours.endswith("| 4,096 (0.100 %) | 70 s | 3200 |")
     # paired t-test on the differences (0.01, 0.04): t = 1.667 with 1 df, p = 1 - 2 atan(t) / π
-    assert "+15.0 ± +7.1 % (p 0.344)" in ours
+    assert "+15.0 ± 7.1 % (p 0.344)" in ours
 
 
 def test_paired_t_test_p_values():
@@ -90,7 +90,7 @@ def test_mode_table_pairs_ptmrec_with_each_other_mode_by_seed():
     assert head.startswith("| ptmrec (vbpr, prompt) against | seeds | Δ test R@10 | Δ test R@20 | Δ valid R@20 |")
     cells = row.strip("| ").split(" | ")
     assert cells[:2] == ["no_kt (vbpr, prompt)", "1,2"]  # seed 3 has no no_kt run: not paired
-    assert cells[2] == "+15.0 ± +7.1 % (p 0.344), higher on 2 of 2"  # +20 % and +10 % on R@10
+    assert cells[2] == "+15.0 ± 7.1 % (p 0.344), higher on 2 of 2"  # +20 % and +10 % on R@10
     assert cells[3].endswith("higher on 1 of 2") and cells[4].endswith("higher on 1 of 2")  # a tie is not higher
     # the frozen comparison counts the seeds above frozen too; the report carries the table
     assert "higher on 3 of 3" in seeds_report("toy", per_seed, [10, 20])
@@ -114,7 +114,7 @@ def test_runs_of_another_compare_join_the_tables_paired_by_seed_from_the_same_st
     assert rows == {"frozen (vbpr)", "ptmrec (vbpr, prompt)", "ptmrec (vbpr, prompt) @ hm-halves"}
     head, _, row = mode_table(joined, ks=[10, 20]).splitlines()
     assert head.startswith("| ptmrec (vbpr, prompt) against |")  # this run's ptmrec, not the joined one
-    assert row.startswith("| ptmrec (vbpr, prompt) @ hm-halves | 1,2 | +15.0 ± +7.1 %")  # +20 % and +10 % on R@10
+    assert row.startswith("| ptmrec (vbpr, prompt) @ hm-halves | 1,2 | +15.0 ± 7.1 %")  # +20 % and +10 % on R@10
     other[2][0] = start(0.20, settings="other")  # seed 2's stage 1 trained otherwise: not the same start
     with pytest.raises(ValueError, match="hm-halves-seed2: stage 1 was trained with other settings"):
         with_other_runs(ours, other, "hm-halves")
