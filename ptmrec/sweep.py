@@ -7,7 +7,8 @@ changes stage 1. Stage 1 is trained once per distinct stage-1 setting, before th
 `<run uri>/sweep-stage1/<hash>/`, and every trial with those settings reuses it.
 
 - `sweep.stage: stage2`: each trial runs stage 2 (Ray Train + DeepSpeed inside the Tune trial) and
-  reports every epoch to Tune; ASHA stops weak trials on the **valid** metric (never in their last epoch).
+  reports every epoch to Tune; ASHA stops weak trials on the **valid** metric of their best epoch so far (never
+  in their last epoch).
   The trials are fixed before any runs and named by their params (`trials/<hash>`): started again, a sweep
   reuses the trials that finished or were stopped and runs the rest in a new Tune run, resuming an
   interrupted trial from its checkpoint.
@@ -190,8 +191,10 @@ def _tune_stage2(config_path: str, overrides: list[str], base: Config, storage: 
             out = join(cfg.run.uri, cfg.stage2.output)
             if not storage.exists(join(out, "metrics.json")) and result.error is None:
                 # Tune stopped it (ASHA): record that, so that a rerun does not train it again
+                history = result.metrics_dataframe  # every epoch it reported: the stop ranked its best so far
+                best = float(history[metric].max()) if history is not None and metric in history else None
                 storage.write_text(join(out, STOPPED), json.dumps({
-                    "after_epoch": result.metrics.get("epoch"), metric: result.metrics.get(metric),
+                    "after_epoch": result.metrics.get("epoch"), metric: best, "at_stop": result.metrics.get(metric),
                     "settings": settings_fingerprint(cfg, "stage2")}) + "\n")
             trial = _trial(point["name"], point["params"], cfg.run.uri, storage, out)
             if "error" in trial and "stopped" not in trial:
@@ -378,6 +381,10 @@ def format_sweep(summary: dict) -> str:
         mark = f"  <- best (by {select})" if t["trial"] == summary["best"]["trial"] else ""
         values = [t.get(split, {}).get(key) for split in splits]
         state = "stopped" if "stopped" in t else "failed"
+        stop = t.get("stopped", {})
+        if stop.get(summary["metric"]) is not None:  # what the scheduler ranked it on: its best epoch before the stop
+            best = stop[summary["metric"]]
+            mark = f"  (stopped after epoch {stop.get('after_epoch')}; best {summary['metric']} {best:.4f})"
         cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]
         run = t.get("epochs_run")
         epochs = f"{t['best_epoch']}/{'?' if run is None else run}" if t.get("best_epoch") is not None else "-"

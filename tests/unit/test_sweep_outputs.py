@@ -87,7 +87,7 @@ def test_under_valid_halves_the_table_csv_and_plot_show_the_half_that_ranked_the
                "test": {"recall@20": 0.1}, "best_epoch": 1, "chosen_on": "valid_b"}
               for n, w, v, h in (("x", 1.0, 0.30, 0.20), ("y", 2.0, 0.28, 0.25))]
     trials.append({"trial": "z", "params": {"stage2.kt.weight": 4.0}, "valid": {}, "test": {}, "best_epoch": None,
-                   "error": "no metrics", "stopped": {"after_epoch": 1}})
+                   "error": "no metrics", "stopped": {"after_epoch": 2, "valid_b/recall@20": 0.26}})
     s = {"metric": "valid_b/recall@20", "select": "valid", "stage": "stage2", "best": trials[1], "trials": trials}
     rows = list(csv.DictReader(io.StringIO(sweep_csv(s))))
     assert [r["valid_b/recall@20"] for r in rows] == ["0.2", "0.25", ""]
@@ -96,5 +96,6 @@ def test_under_valid_halves_the_table_csv_and_plot_show_the_half_that_ranked_the
     assert header.split()[1:7] == ["valid", "recall@20", "valid_b", "recall@20", "test", "recall@20"]
     assert lines[1].split()[:4] == ["y", "0.2800", "0.2500", "0.1000"] and lines[1].endswith("<- best (by valid)")
     assert lines[2].split()[:4] == ["z", "stopped", "-", "-"]
+    assert lines[2].endswith("(stopped after epoch 2; best valid_b/recall@20 0.2600)")  # what the scheduler ranked
     assert sweep_plot(s, "halves").startswith(b"\x89PNG")
     assert "valid_b" not in sweep_csv(summary("valid")) and "valid_b" not in format_sweep(summary("valid"))
