@@ -382,8 +382,8 @@ def format_sweep(summary: dict) -> str:
         values = [t.get(split, {}).get(key) for split in splits]
         state = "stopped" if "stopped" in t else "failed"
         stop = t.get("stopped", {})
-        if stop.get(summary["metric"]) is not None:  # what the scheduler ranked it on: its best epoch before the stop
-            best = stop[summary["metric"]]
+        best = stop.get(summary["metric"])  # what the scheduler ranked it on: its best epoch before the stop
+        if best is not None:
             mark = f"  (stopped after epoch {stop.get('after_epoch')}; best {summary['metric']} {best:.4f})"
         cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]
         run = t.get("epochs_run")
