@@ -382,7 +382,9 @@ def format_sweep(summary: dict) -> str:
         values = [t.get(split, {}).get(key) for split in splits]
         state = "stopped" if "stopped" in t else "failed"
         stop = t.get("stopped", {})
-        best = stop.get(summary["metric"])  # what the scheduler ranked it on: its best epoch before the stop
+        # what the scheduler ranked it on, its best epoch before the stop; records without `at_stop` predate that
+        # and hold the value at the stop under the same key
+        best = stop.get(summary["metric"]) if "at_stop" in stop else None
         if best is not None:
             mark = f"  (stopped after epoch {stop.get('after_epoch')}; best {summary['metric']} {best:.4f})"
         cells = [f"{v:.4f}" if v is not None else state if i == 0 else "-" for i, v in enumerate(values)]

@@ -87,7 +87,7 @@ def test_under_valid_halves_the_table_csv_and_plot_show_the_half_that_ranked_the
                "test": {"recall@20": 0.1}, "best_epoch": 1, "chosen_on": "valid_b"}
               for n, w, v, h in (("x", 1.0, 0.30, 0.20), ("y", 2.0, 0.28, 0.25))]
     trials.append({"trial": "z", "params": {"stage2.kt.weight": 4.0}, "valid": {}, "test": {}, "best_epoch": None,
-                   "error": "no metrics", "stopped": {"after_epoch": 2, "valid_b/recall@20": 0.26}})
+                   "error": "no metrics", "stopped": {"after_epoch": 2, "valid_b/recall@20": 0.26, "at_stop": 0.24}})
     s = {"metric": "valid_b/recall@20", "select": "valid", "stage": "stage2", "best": trials[1], "trials": trials}
     rows = list(csv.DictReader(io.StringIO(sweep_csv(s))))
     assert [r["valid_b/recall@20"] for r in rows] == ["0.2", "0.25", ""]
